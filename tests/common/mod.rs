@@ -1,0 +1,87 @@
+//! Helpers shared by the integration tests: where the shared fixtures are, the `tinygpt` binary,
+//! and an offline Hugging Face hub cache built from the shared TinyStories sample.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use polars::prelude::*;
+
+/// The read-only fixtures folder beside the checkout (`../shared`), or `$TINYGPT_SHARED`.
+pub fn shared() -> PathBuf {
+    let dir = std::env::var_os("TINYGPT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared"));
+    assert!(dir.join("data").is_dir(), "the shared fixtures are missing at {}", dir.display());
+    dir
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+pub fn tinystories_dir() -> PathBuf {
+    shared().join("data/tinystories")
+}
+
+pub fn gpt2_tokenizer() -> PathBuf {
+    shared().join("data/tokenizers/gpt2/tokenizer.json")
+}
+
+/// The `tinygpt` binary that `cargo test --workspace` built next to this test executable.
+pub fn tinygpt_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("tinygpt");
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo test --workspace`", bin.display());
+    bin
+}
+
+/// Runs `tinygpt ARGS` with extra environment variables.
+pub fn run_tinygpt(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(tinygpt_bin());
+    command.args(args).env_remove("TINYGPT_DATA");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("tinygpt runs")
+}
+
+/// Writes stories as a parquet file with a `text` column, as the hub's TinyStories files are.
+pub fn write_parquet(path: &Path, stories: &[String]) {
+    let mut frame = DataFrame::new_infer_height(vec![Column::new("text".into(), stories)]).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    ParquetWriter::new(std::fs::File::create(path).unwrap()).finish(&mut frame).unwrap();
+}
+
+/// Builds `$HF_HOME` (returned) holding, in hf-hub's cache layout, the TinyStories dataset at the
+/// pinned revision as parquet files made from the shared sample (train split over 4 files, as on
+/// the hub) and GPT-Neo-125M's tokenizer.json (the GPT-2 file: same vocab and merges). With it,
+/// the real hub code path runs offline.
+pub fn hub_cache(root: &Path) -> PathBuf {
+    use tinygpt::data::source::{read_stories, HUB_DATASET, HUB_REVISION};
+    let hub = root.join("hub");
+    let dataset = hub.join(format!("datasets--{}", HUB_DATASET.replace('/', "--")));
+    std::fs::create_dir_all(dataset.join("refs")).unwrap();
+    std::fs::write(dataset.join("refs").join(HUB_REVISION), HUB_REVISION).unwrap();
+    let snapshot = dataset.join("snapshots").join(HUB_REVISION).join("data");
+    let train = read_stories(&tinystories_dir().join("train.txt")).unwrap();
+    let train_files = [
+        "train-00000-of-00004-2d5a1467fff1081b.parquet",
+        "train-00001-of-00004-5852b56a2bd28fd9.parquet",
+        "train-00002-of-00004-a26307300439e943.parquet",
+        "train-00003-of-00004-d243063613e5a057.parquet",
+    ];
+    for (file, part) in train_files.iter().zip(train.chunks(train.len().div_ceil(4))) {
+        write_parquet(&snapshot.join(file), part);
+    }
+    let valid = read_stories(&tinystories_dir().join("valid.txt")).unwrap();
+    write_parquet(&snapshot.join("validation-00000-of-00001-869c898b519ad725.parquet"), &valid);
+
+    let model = hub.join("models--EleutherAI--gpt-neo-125M");
+    let commit = "0000000000000000000000000000000000000000";
+    std::fs::create_dir_all(model.join("refs")).unwrap();
+    std::fs::write(model.join("refs/main"), commit).unwrap();
+    let snapshot = model.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::copy(gpt2_tokenizer(), snapshot.join("tokenizer.json")).unwrap();
+    root.to_owned()
+}
