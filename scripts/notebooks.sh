@@ -13,7 +13,7 @@
 #
 # evcxr compiles every cell with cargo. Its build folder lives in the cache too, one per version
 # of Cargo.lock, so a second checkout or a second run compiles nothing again; a cargo config in
-# it (copied from notebooks/cargo-config.toml) builds candle, gemm, polars and tinygpt optimised
+# its parent folder (copied from notebooks/cargo-config.toml) builds candle, gemm, polars and tinygpt optimised
 # and without debug assertions, so cells run the library at release speed.
 set -euo pipefail
 
@@ -78,13 +78,19 @@ JSON
   local lock_hash
   lock_hash=$(sha256sum "$ROOT/Cargo.lock" | cut -c1-12)
   export EVCXR_TMPDIR="$CACHE/evcxr-build/$lock_hash"
-  mkdir -p "$EVCXR_TMPDIR/.cargo"
+  mkdir -p "$EVCXR_TMPDIR" "$CACHE/evcxr-build/.cargo"
   touch "$EVCXR_TMPDIR"
   # Keep the build folders of the two most recent lock files; older ones only take disk space.
   ls -dt "$CACHE"/evcxr-build/*/ 2>/dev/null | tail -n +3 | xargs -r rm -rf
-  cp "$ROOT/notebooks/cargo-config.toml" "$EVCXR_TMPDIR/.cargo/config.toml"
-  # Start from our lock file so the notebooks build exactly the versions the tests use.
-  [ -f "$EVCXR_TMPDIR/Cargo.lock" ] || cp "$ROOT/Cargo.lock" "$EVCXR_TMPDIR/Cargo.lock"
+  # Cargo merges the config files of every folder above where it runs; evcxr writes its own
+  # .cargo/config.toml inside the build folder, so ours goes one level up.
+  cp "$ROOT/notebooks/cargo-config.toml" "$CACHE/evcxr-build/.cargo/config.toml"
+  # evcxr runs cargo inside its build folder, outside this checkout: name the pinned toolchain.
+  export RUSTUP_TOOLCHAIN=${RUSTUP_TOOLCHAIN:-$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")}
+  # Each cell is a shared library that links Rust's standard library dynamically and is loaded
+  # with dlopen; evcxr's relative rpath to the standard library breaks in a build folder this
+  # deep, so tell the loader where it is.
+  export LD_LIBRARY_PATH="$(rustc --print target-libdir)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 }
 
 case "${1:-}" in

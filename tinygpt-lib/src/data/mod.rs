@@ -9,4 +9,4 @@ pub mod source;
 
 pub use loader::{document_ids, Batch, Cursor, DataLoader, LoaderConfig, ValLoader, IGNORE_INDEX};
 pub use shards::{prepare, Manifest, PrepareOptions, PrepareReport};
-pub use source::{HubFiles, Source, Split};
+pub use source::{HubFiles, Source, Split, Stories};

@@ -130,16 +130,14 @@ impl Source {
         Ok(stories)
     }
 
-    /// Both splits as one polars DataFrame with columns `text`, `split`, `characters`, `words`,
-    /// ready for analysis (see `notebooks/01-data.ipynb`).
+    /// The stories of both splits, as plain Rust data.
+    pub fn load(&self) -> Result<Stories> {
+        Ok(Stories { train: self.stories(Split::Train)?, val: self.stories(Split::Val)? })
+    }
+
+    /// Both splits as one polars DataFrame (see [`Stories::frame`]).
     pub fn frame(&self) -> Result<DataFrame> {
-        let mut frames = Vec::new();
-        for split in Split::ALL {
-            frames.push(stories_frame(&self.stories(split)?, split)?.lazy());
-        }
-        concat(frames, UnionArgs::default())
-            .and_then(|f| f.collect())
-            .map_err(|e| Error::Invalid(format!("building the stories DataFrame: {e}")))
+        self.load()?.frame()
     }
 
     /// A short human description, recorded in shard manifests.
@@ -151,18 +149,33 @@ impl Source {
     }
 }
 
-/// One DataFrame row per story: `text`, `split`, `characters` (Unicode scalar values) and `words`
-/// (whitespace-separated).
-pub fn stories_frame(stories: &[String], split: Split) -> Result<DataFrame> {
-    let characters: Vec<u32> = stories.iter().map(|s| s.chars().count() as u32).collect();
-    let words: Vec<u32> = stories.iter().map(|s| s.split_whitespace().count() as u32).collect();
-    DataFrame::new_infer_height(vec![
-        Column::new("text".into(), stories),
-        Column::new("split".into(), vec![split.name(); stories.len()]),
-        Column::new("characters".into(), characters),
-        Column::new("words".into(), words),
-    ])
-    .map_err(|e| Error::Invalid(format!("building the stories DataFrame: {e}")))
+/// The stories of both splits.
+///
+/// Plain vectors rather than a DataFrame, because a notebook keeps them from cell to cell: evcxr
+/// links a separate copy of polars into every cell, each with its own hashing seed, so a DataFrame
+/// made in one cell cannot be queried by column name in the next. Cells call [`Stories::frame`]
+/// and query the fresh DataFrame within the cell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stories {
+    pub train: Vec<String>,
+    pub val: Vec<String>,
+}
+
+impl Stories {
+    /// One row per story: `text`, `split` (`train`/`val`), `characters` (Unicode scalar values)
+    /// and `words` (whitespace-separated pieces).
+    pub fn frame(&self) -> Result<DataFrame> {
+        let splits = [(Split::Train, &self.train), (Split::Val, &self.val)];
+        let all = || splits.iter().flat_map(|(_, stories)| stories.iter());
+        let split: Vec<&str> = splits.iter().flat_map(|(s, stories)| std::iter::repeat_n(s.name(), stories.len())).collect();
+        DataFrame::new_infer_height(vec![
+            Column::new("text".into(), all().map(String::as_str).collect::<Vec<_>>()),
+            Column::new("split".into(), split),
+            Column::new("characters".into(), all().map(|s| s.chars().count() as u32).collect::<Vec<_>>()),
+            Column::new("words".into(), all().map(|s| s.split_whitespace().count() as u32).collect::<Vec<_>>()),
+        ])
+        .map_err(|e| Error::Invalid(format!("building the stories DataFrame: {e}")))
+    }
 }
 
 /// The files of `split` in a local folder (or its `data/` subfolder), sorted by name.
