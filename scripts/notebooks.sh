@@ -85,6 +85,12 @@ JSON
   # Cargo merges the config files of every folder above where it runs; evcxr writes its own
   # .cargo/config.toml inside the build folder, so ours goes one level up.
   cp "$ROOT/notebooks/cargo-config.toml" "$CACHE/evcxr-build/.cargo/config.toml"
+  # Under `cargo test`, cargo's variables for the test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME …)
+  # would reach evcxr's cargo, and build scripts that watch them would make it rebuild every
+  # dependency whenever the notebooks run from the tests rather than from JupyterLab.
+  local var
+  for var in $(compgen -e | grep '^CARGO_' | grep -v '^CARGO_HOME$'); do unset "$var"; done
+  unset CARGO OUT_DIR
   # evcxr runs cargo inside its build folder, outside this checkout: name the pinned toolchain.
   export RUSTUP_TOOLCHAIN=${RUSTUP_TOOLCHAIN:-$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")}
   # Each cell is a shared library that links Rust's standard library dynamically and is loaded

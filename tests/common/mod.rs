@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test file uses a part of it
 //! Helpers shared by the integration tests: where the shared fixtures are, the `tinygpt` binary,
 //! and an offline Hugging Face hub cache built from the shared TinyStories sample.
 
@@ -27,12 +28,13 @@ pub fn gpt2_tokenizer() -> PathBuf {
     shared().join("data/tokenizers/gpt2/tokenizer.json")
 }
 
-/// The `tinygpt` binary that `cargo test --workspace` built next to this test executable.
+/// The `tinygpt` binary. Cargo builds it for the integration tests of its own package
+/// (`tinygpt-lib/tests/cli.rs`, which includes this file), and names it in CARGO_BIN_EXE_tinygpt.
 pub fn tinygpt_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("tinygpt");
-    assert!(bin.exists(), "{} is missing: run the tests with `cargo test --workspace`", bin.display());
-    bin
+    match option_env!("CARGO_BIN_EXE_tinygpt") {
+        Some(bin) => PathBuf::from(bin),
+        None => panic!("the tinygpt binary is only built for the tests in tinygpt-lib/tests/"),
+    }
 }
 
 /// Runs `tinygpt ARGS` with extra environment variables.

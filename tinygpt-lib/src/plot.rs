@@ -42,8 +42,11 @@ pub struct Series {
 }
 
 impl Series {
-    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
-        Self { name: name.into(), points }
+    /// A series with a copy of `points`. (Taking a slice rather than a `Vec` lets a notebook cell
+    /// end with a chart of its own variables: evcxr keeps a cell's variables for later cells, and
+    /// cannot if the chart has consumed them.)
+    pub fn new(name: impl Into<String>, points: &[(f64, f64)]) -> Self {
+        Self { name: name.into(), points: points.to_vec() }
     }
 }
 
@@ -76,13 +79,13 @@ impl Figure {
     }
 
     /// A histogram of `values` in `bins` equal-width bins.
-    pub fn histogram(title: &str, x_label: &str, y_label: &str, values: Vec<f64>, bins: usize) -> Self {
-        Self::new(title, x_label, y_label, Chart::Histogram { values, bins: bins.max(1) })
+    pub fn histogram(title: &str, x_label: &str, y_label: &str, values: &[f64], bins: usize) -> Self {
+        Self::new(title, x_label, y_label, Chart::Histogram { values: values.to_vec(), bins: bins.max(1) })
     }
 
     /// One bar per label (e.g. the most frequent words).
-    pub fn bars(title: &str, x_label: &str, y_label: &str, labels: Vec<String>, values: Vec<f64>) -> Self {
-        Self::new(title, x_label, y_label, Chart::Bars { labels, values })
+    pub fn bars(title: &str, x_label: &str, y_label: &str, labels: &[String], values: &[f64]) -> Self {
+        Self::new(title, x_label, y_label, Chart::Bars { labels: labels.to_vec(), values: values.to_vec() })
     }
 
     /// The chart as an SVG document.

@@ -224,8 +224,13 @@ pub fn prepare(source: &Source, tokenizer: &Tokenizer, out: &Path, options: &Pre
         splits: BTreeMap::new(),
     };
     for (split, paths) in &files {
-        let info = tokenize_split(*split, paths, tokenizer, &staging, options)?;
-        manifest.splits.insert(*split, info);
+        match tokenize_split(*split, paths, tokenizer, &staging, options) {
+            Ok(info) => manifest.splits.insert(*split, info),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
     }
     publish(&manifest, &staging, out)?;
     Ok(PrepareReport { manifest, reused: false, seconds: start.elapsed().as_secs_f64() })
