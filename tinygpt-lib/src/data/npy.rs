@@ -81,8 +81,8 @@ pub struct NpyU16 {
 }
 
 impl NpyU16 {
-    /// Opens and validates `path`: the magic string, a `'<u2'` (or `'|u2'`-free little-endian
-    /// `uint16`) dtype, C order, a 1-D shape, and a file size that matches the shape.
+    /// Opens and validates `path`: the magic string, a little-endian `uint16` dtype (`'<u2'`, or
+    /// `'=u2'` on a little-endian machine), C order, a 1-D shape, and a file size that matches.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; shards are written under a temporary name and renamed, so
