@@ -37,17 +37,36 @@ fn errors(executed: &Value) -> Vec<String> {
             Value::Array(lines) => lines.iter().filter_map(Value::as_str).collect(),
             other => other.as_str().unwrap_or_default().to_owned(),
         };
-        let head: String = source.lines().next().unwrap_or_default().chars().take(80).collect();
+        let head: String = source
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(80)
+            .collect();
         if cell["execution_count"].is_null() && !source.trim().is_empty() {
             found.push(format!("cell {i} ({head}) was not executed"));
         }
         for output in cell["outputs"].as_array().into_iter().flatten() {
             if output["output_type"] == "error" {
-                let trace: Vec<&str> = output["traceback"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                found.push(format!("cell {i} ({head}): {} {}\n{}", output["ename"], output["evalue"], trace.join("\n")));
+                let trace: Vec<&str> = output["traceback"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                found.push(format!(
+                    "cell {i} ({head}): {} {}\n{}",
+                    output["ename"],
+                    output["evalue"],
+                    trace.join("\n")
+                ));
             }
-            let text = output["text"].as_array().map(|l| l.iter().filter_map(Value::as_str).collect::<String>());
-            if output["name"] == "stderr" && text.as_deref().is_some_and(|t| t.contains("panicked")) {
+            let text = output["text"]
+                .as_array()
+                .map(|l| l.iter().filter_map(Value::as_str).collect::<String>());
+            if output["name"] == "stderr" && text.as_deref().is_some_and(|t| t.contains("panicked"))
+            {
                 found.push(format!("cell {i} ({head}) panicked: {}", text.unwrap()));
             }
         }
@@ -57,7 +76,11 @@ fn errors(executed: &Value) -> Vec<String> {
 
 fn execute(notebook: &Path, out: &Path, env: &[(&str, &Path)]) -> Value {
     let mut command = Command::new("bash");
-    command.arg(repo_root().join("scripts/notebooks.sh")).arg("execute").arg(notebook).arg(out);
+    command
+        .arg(repo_root().join("scripts/notebooks.sh"))
+        .arg("execute")
+        .arg(notebook)
+        .arg(out);
     command.env("TINYGPT_NOTEBOOK_TEST", "1");
     for (key, value) in env {
         command.env(key, value);
@@ -78,7 +101,10 @@ fn every_notebook_runs_without_errors() {
     let scratch = tempfile::tempdir().unwrap();
     let hf_home = hub_cache(&scratch.path().join("hf"));
     let data = tinystories_dir();
-    let env = [("TINYGPT_DATA", data.as_path()), ("HF_HOME", hf_home.as_path())];
+    let env = [
+        ("TINYGPT_DATA", data.as_path()),
+        ("HF_HOME", hf_home.as_path()),
+    ];
     let notebooks = notebooks();
     assert!(!notebooks.is_empty(), "no notebooks found");
     let mut failures = Vec::new();
@@ -86,23 +112,50 @@ fn every_notebook_runs_without_errors() {
         let name = notebook.file_name().unwrap();
         let start = Instant::now();
         let executed = execute(notebook, &scratch.path().join(name), &env);
-        println!("notebook {}: {:.1} s", name.to_string_lossy(), start.elapsed().as_secs_f64());
+        println!(
+            "notebook {}: {:.1} s",
+            name.to_string_lossy(),
+            start.elapsed().as_secs_f64()
+        );
         let errors = errors(&executed);
         if errors.is_empty() && std::env::var_os("TINYGPT_UPDATE_NOTEBOOKS").is_some() {
             std::fs::copy(scratch.path().join(name), notebook).unwrap();
         }
-        failures.extend(errors.into_iter().map(|e| format!("{}: {e}", name.to_string_lossy())));
+        failures.extend(
+            errors
+                .into_iter()
+                .map(|e| format!("{}: {e}", name.to_string_lossy())),
+        );
     }
-    assert!(failures.is_empty(), "notebook errors:\n{}", failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "notebook errors:\n{}",
+        failures.join("\n\n")
+    );
 }
 
 #[test]
 fn committed_notebooks_carry_outputs_and_no_errors() {
     for notebook in notebooks() {
-        let committed: Value = serde_json::from_str(&std::fs::read_to_string(&notebook).unwrap()).unwrap();
+        let committed: Value =
+            serde_json::from_str(&std::fs::read_to_string(&notebook).unwrap()).unwrap();
         let errors = errors(&committed);
-        assert!(errors.is_empty(), "{}: {}", notebook.display(), errors.join("\n"));
-        let outputs = committed["cells"].as_array().unwrap().iter().filter(|c| c["outputs"].as_array().is_some_and(|o| !o.is_empty())).count();
-        assert!(outputs > 0, "{} was committed without the outputs of a real run", notebook.display());
+        assert!(
+            errors.is_empty(),
+            "{}: {}",
+            notebook.display(),
+            errors.join("\n")
+        );
+        let outputs = committed["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["outputs"].as_array().is_some_and(|o| !o.is_empty()))
+            .count();
+        assert!(
+            outputs > 0,
+            "{} was committed without the outputs of a real run",
+            notebook.display()
+        );
     }
 }

@@ -12,12 +12,19 @@ pub fn shared() -> PathBuf {
     let dir = std::env::var_os("TINYGPT_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("../shared"));
-    assert!(dir.join("data").is_dir(), "the shared fixtures are missing at {}", dir.display());
+    assert!(
+        dir.join("data").is_dir(),
+        "the shared fixtures are missing at {}",
+        dir.display()
+    );
     dir
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
 }
 
 pub fn tinystories_dir() -> PathBuf {
@@ -51,7 +58,9 @@ pub fn run_tinygpt(args: &[&str], env: &[(&str, &Path)]) -> Output {
 pub fn write_parquet(path: &Path, stories: &[String]) {
     let mut frame = DataFrame::new_infer_height(vec![Column::new("text".into(), stories)]).unwrap();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    ParquetWriter::new(std::fs::File::create(path).unwrap()).finish(&mut frame).unwrap();
+    ParquetWriter::new(std::fs::File::create(path).unwrap())
+        .finish(&mut frame)
+        .unwrap();
 }
 
 /// Builds `$HF_HOME` (returned) holding, in hf-hub's cache layout, the TinyStories dataset at the
@@ -72,11 +81,17 @@ pub fn hub_cache(root: &Path) -> PathBuf {
         "train-00002-of-00004-a26307300439e943.parquet",
         "train-00003-of-00004-d243063613e5a057.parquet",
     ];
-    for (file, part) in train_files.iter().zip(train.chunks(train.len().div_ceil(4))) {
+    for (file, part) in train_files
+        .iter()
+        .zip(train.chunks(train.len().div_ceil(4)))
+    {
         write_parquet(&snapshot.join(file), part);
     }
     let valid = read_stories(&tinystories_dir().join("valid.txt")).unwrap();
-    write_parquet(&snapshot.join("validation-00000-of-00001-869c898b519ad725.parquet"), &valid);
+    write_parquet(
+        &snapshot.join("validation-00000-of-00001-869c898b519ad725.parquet"),
+        &valid,
+    );
 
     let model = hub.join("models--EleutherAI--gpt-neo-125M");
     let commit = "0000000000000000000000000000000000000000";

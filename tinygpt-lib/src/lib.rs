@@ -11,13 +11,17 @@
 //! notebook needs besides are re-exported ([`polars`], [`candle_core`]) so that their versions
 //! always match ours.
 
+pub mod atomic;
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod model;
 pub mod plot;
+pub mod rng;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub use model::{Gpt, GptConfig};
 pub use tokenizer::Tokenizer;
 
 pub use candle_core;

@@ -30,7 +30,10 @@ fn register_font() {
     ONCE.call_once(|| {
         let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
         let registered = plotters::style::register_font(FONT, FontStyle::Normal, bytes);
-        assert!(registered.is_ok(), "the bundled font is a valid TrueType file");
+        assert!(
+            registered.is_ok(),
+            "the bundled font is a valid TrueType file"
+        );
     });
 }
 
@@ -46,15 +49,28 @@ impl Series {
     /// end with a chart of its own variables: evcxr keeps a cell's variables for later cells, and
     /// cannot if the chart has consumed them.)
     pub fn new(name: impl Into<String>, points: &[(f64, f64)]) -> Self {
-        Self { name: name.into(), points: points.to_vec() }
+        Self {
+            name: name.into(),
+            points: points.to_vec(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 enum Chart {
-    Lines { series: Vec<Series>, log_x: bool, log_y: bool },
-    Histogram { values: Vec<f64>, bins: usize },
-    Bars { labels: Vec<String>, values: Vec<f64> },
+    Lines {
+        series: Vec<Series>,
+        log_x: bool,
+        log_y: bool,
+    },
+    Histogram {
+        values: Vec<f64>,
+        bins: usize,
+    },
+    Bars {
+        labels: Vec<String>,
+        values: Vec<f64>,
+    },
 }
 
 /// A chart with a title and axis labels, rendered on demand.
@@ -70,29 +86,81 @@ pub struct Figure {
 
 impl Figure {
     fn new(title: &str, x_label: &str, y_label: &str, chart: Chart) -> Self {
-        Self { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), chart, width: 720, height: 400 }
+        Self {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            chart,
+            width: 720,
+            height: 400,
+        }
     }
 
     /// One or more line series; `log_x`/`log_y` choose logarithmic axes (for a Zipf plot, both).
-    pub fn lines(title: &str, x_label: &str, y_label: &str, series: Vec<Series>, log_x: bool, log_y: bool) -> Self {
-        Self::new(title, x_label, y_label, Chart::Lines { series, log_x, log_y })
+    pub fn lines(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        series: Vec<Series>,
+        log_x: bool,
+        log_y: bool,
+    ) -> Self {
+        Self::new(
+            title,
+            x_label,
+            y_label,
+            Chart::Lines {
+                series,
+                log_x,
+                log_y,
+            },
+        )
     }
 
     /// A histogram of `values` in `bins` equal-width bins.
-    pub fn histogram(title: &str, x_label: &str, y_label: &str, values: &[f64], bins: usize) -> Self {
-        Self::new(title, x_label, y_label, Chart::Histogram { values: values.to_vec(), bins: bins.max(1) })
+    pub fn histogram(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        values: &[f64],
+        bins: usize,
+    ) -> Self {
+        Self::new(
+            title,
+            x_label,
+            y_label,
+            Chart::Histogram {
+                values: values.to_vec(),
+                bins: bins.max(1),
+            },
+        )
     }
 
     /// One bar per label (e.g. the most frequent words).
-    pub fn bars(title: &str, x_label: &str, y_label: &str, labels: &[String], values: &[f64]) -> Self {
-        Self::new(title, x_label, y_label, Chart::Bars { labels: labels.to_vec(), values: values.to_vec() })
+    pub fn bars(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        labels: &[String],
+        values: &[f64],
+    ) -> Self {
+        Self::new(
+            title,
+            x_label,
+            y_label,
+            Chart::Bars {
+                labels: labels.to_vec(),
+                values: values.to_vec(),
+            },
+        )
     }
 
     /// The chart as an SVG document.
     pub fn to_svg(&self) -> Result<String> {
         let mut svg = String::new();
         {
-            let root = SVGBackend::with_string(&mut svg, (self.width, self.height)).into_drawing_area();
+            let root =
+                SVGBackend::with_string(&mut svg, (self.width, self.height)).into_drawing_area();
             self.draw(&root)?;
             root.present().map_err(plot_err)?;
         }
@@ -106,7 +174,8 @@ impl Figure {
     pub fn save_png(&self, path: &Path) -> Result<()> {
         let root = BitMapBackend::new(path, (self.width, self.height)).into_drawing_area();
         self.draw(&root)?;
-        root.present().map_err(|e| Error::data(path, format!("cannot write the PNG: {e}")))
+        root.present()
+            .map_err(|e| Error::data(path, format!("cannot write the PNG: {e}")))
     }
 
     /// Shows the chart inline in a Jupyter notebook run by evcxr.
@@ -121,14 +190,29 @@ impl Figure {
         register_font();
         root.fill(&WHITE).map_err(plot_err)?;
         match &self.chart {
-            Chart::Lines { series, log_x, log_y } => self.draw_lines(root, series, *log_x, *log_y),
+            Chart::Lines {
+                series,
+                log_x,
+                log_y,
+            } => self.draw_lines(root, series, *log_x, *log_y),
             Chart::Histogram { values, bins } => self.draw_histogram(root, values, *bins),
             Chart::Bars { labels, values } => self.draw_bars(root, labels, values),
         }
     }
 
-    fn draw_lines<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, series: &[Series], log_x: bool, log_y: bool) -> Result<()> {
-        let points = || series.iter().flat_map(|s| &s.points).filter(|(x, y)| x.is_finite() && y.is_finite());
+    fn draw_lines<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        series: &[Series],
+        log_x: bool,
+        log_y: bool,
+    ) -> Result<()> {
+        let points = || {
+            series
+                .iter()
+                .flat_map(|s| &s.points)
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+        };
         let range = |values: Vec<f64>, log: bool| {
             let values: Vec<f64> = values.into_iter().filter(|v| !log || *v > 0.0).collect();
             let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -149,7 +233,13 @@ impl Figure {
         }
     }
 
-    fn draw_lines_on<DB, X, Y>(&self, root: &DrawingArea<DB, Shift>, series: &[Series], x: X, y: Y) -> Result<()>
+    fn draw_lines_on<DB, X, Y>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        series: &[Series],
+        x: X,
+        y: Y,
+    ) -> Result<()>
     where
         DB: DrawingBackend,
         X: AsRangedCoord<Value = f64>,
@@ -157,15 +247,23 @@ impl Figure {
         X::CoordDescType: ValueFormatter<f64>,
         Y::CoordDescType: ValueFormatter<f64>,
     {
-        let mut chart = self.builder(root).build_cartesian_2d(x, y).map_err(plot_err)?;
+        let mut chart = self
+            .builder(root)
+            .build_cartesian_2d(x, y)
+            .map_err(plot_err)?;
         self.mesh(&mut chart)?;
         for (i, s) in series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
             chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
                 .map_err(plot_err)?
                 .label(s.name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
         }
         if series.len() > 1 || series.first().is_some_and(|s| !s.name.is_empty()) {
             chart
@@ -179,31 +277,54 @@ impl Figure {
         Ok(())
     }
 
-    fn draw_histogram<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, values: &[f64], bins: usize) -> Result<()> {
+    fn draw_histogram<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        values: &[f64],
+        bins: usize,
+    ) -> Result<()> {
         let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (0.0, 1.0) };
+        let (lo, hi) = if lo.is_finite() && hi > lo {
+            (lo, hi)
+        } else {
+            (0.0, 1.0)
+        };
         let width = (hi - lo) / bins as f64;
         let mut counts = vec![0u64; bins];
         for v in values {
             counts[(((v - lo) / width) as usize).min(bins - 1)] += 1;
         }
         let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.05;
-        let mut chart = self.builder(root).build_cartesian_2d(lo..hi, 0.0..top).map_err(plot_err)?;
+        let mut chart = self
+            .builder(root)
+            .build_cartesian_2d(lo..hi, 0.0..top)
+            .map_err(plot_err)?;
         self.mesh(&mut chart)?;
         chart
             .draw_series(counts.iter().enumerate().map(|(i, &c)| {
                 let x0 = lo + i as f64 * width;
-                Rectangle::new([(x0, 0.0), (x0 + width, c as f64)], COLORS[0].mix(0.8).filled())
+                Rectangle::new(
+                    [(x0, 0.0), (x0 + width, c as f64)],
+                    COLORS[0].mix(0.8).filled(),
+                )
             }))
             .map_err(plot_err)?;
         Ok(())
     }
 
-    fn draw_bars<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, labels: &[String], values: &[f64]) -> Result<()> {
+    fn draw_bars<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        labels: &[String],
+        values: &[f64],
+    ) -> Result<()> {
         let n = labels.len().min(values.len());
         let top = values.iter().copied().fold(0.0, f64::max).max(1e-9) * 1.05;
-        let mut chart = self.builder(root).build_cartesian_2d((0..n).into_segmented(), 0.0..top).map_err(plot_err)?;
+        let mut chart = self
+            .builder(root)
+            .build_cartesian_2d((0..n).into_segmented(), 0.0..top)
+            .map_err(plot_err)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -220,13 +341,22 @@ impl Figure {
             .map_err(plot_err)?;
         chart
             .draw_series(values.iter().take(n).enumerate().map(|(i, &v)| {
-                Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), v)], COLORS[0].mix(0.8).filled())
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), v),
+                    ],
+                    COLORS[0].mix(0.8).filled(),
+                )
             }))
             .map_err(plot_err)?;
         Ok(())
     }
 
-    fn builder<'a, 'b, DB: DrawingBackend>(&self, root: &'a DrawingArea<DB, Shift>) -> ChartBuilder<'a, 'b, DB> {
+    fn builder<'a, 'b, DB: DrawingBackend>(
+        &self,
+        root: &'a DrawingArea<DB, Shift>,
+    ) -> ChartBuilder<'a, 'b, DB> {
         let mut builder = ChartBuilder::on(root);
         builder
             .caption(self.title.as_str(), (FONT, 20))

@@ -23,12 +23,28 @@ fn bad_source_folder_is_a_clear_error_not_a_panic() {
     let out = scratch("bad-source");
     let missing = out.join("no-such-folder");
     let output = run_tinygpt(
-        &["prepare", "--source", missing.to_str().unwrap(), "--tokenizer", gpt2_tokenizer().to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[
+            "prepare",
+            "--source",
+            missing.to_str().unwrap(),
+            "--tokenizer",
+            gpt2_tokenizer().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
         &[],
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.starts_with("error: ") && stderr.contains("does not exist"), "{stderr}");
-    assert!(stderr.contains("no-such-folder") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !output.status.success()
+            && stderr.starts_with("error: ")
+            && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no-such-folder") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -36,10 +52,23 @@ fn hub_path_runs_offline_from_a_populated_cache() {
     let hf_home = hub_cache(&scratch("hf-home"));
     let out_dir = scratch("hub-shards").join("shards");
     let output = run_tinygpt(
-        &["prepare", "--source", "hub", "--tokenizer", "gpt-neo", "--out", out_dir.to_str().unwrap(), "--quiet"],
+        &[
+            "prepare",
+            "--source",
+            "hub",
+            "--tokenizer",
+            "gpt-neo",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--quiet",
+        ],
         &[("HF_HOME", &hf_home)],
     );
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let manifest = Manifest::load(&out_dir).unwrap();
     assert_eq!(manifest.tokenizer.name, "gpt-neo");
     assert_eq!(manifest.splits[&Split::Train].stories, 8_650);
@@ -50,7 +79,16 @@ fn hub_path_runs_offline_from_a_populated_cache() {
 
     // Run again: the shards are reused.
     let output = run_tinygpt(
-        &["prepare", "--source", "hub", "--tokenizer", "gpt-neo", "--out", out_dir.to_str().unwrap(), "--quiet"],
+        &[
+            "prepare",
+            "--source",
+            "hub",
+            "--tokenizer",
+            "gpt-neo",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--quiet",
+        ],
         &[("HF_HOME", &hf_home)],
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("already holds these shards"));
@@ -58,11 +96,30 @@ fn hub_path_runs_offline_from_a_populated_cache() {
     // An empty cache and no network: a clear error that names the repository and the way out.
     let empty = scratch("empty-hf-home");
     let output = run_tinygpt(
-        &["prepare", "--source", "hub", "--tokenizer", "gpt-neo", "--out", out_dir.to_str().unwrap(), "--quiet"],
-        &[("HF_HOME", empty.as_path()), ("HF_ENDPOINT", Path::new("http://127.0.0.1:9"))],
+        &[
+            "prepare",
+            "--source",
+            "hub",
+            "--tokenizer",
+            "gpt-neo",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--quiet",
+        ],
+        &[
+            ("HF_HOME", empty.as_path()),
+            ("HF_ENDPOINT", Path::new("http://127.0.0.1:9")),
+        ],
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("hub") && stderr.contains("--source DIR"), "{stderr}");
-    assert_eq!(Manifest::load(&out_dir).unwrap(), manifest, "a failed run leaves the shards alone");
+    assert!(
+        stderr.contains("hub") && stderr.contains("--source DIR"),
+        "{stderr}"
+    );
+    assert_eq!(
+        Manifest::load(&out_dir).unwrap(),
+        manifest,
+        "a failed run leaves the shards alone"
+    );
 }

@@ -10,7 +10,11 @@ use tinygpt::data::{self, PrepareOptions, Source, Split};
 use tinygpt::Tokenizer;
 
 #[derive(Parser)]
-#[command(name = "tinygpt", version, about = "Pretrain a GPT-2-style transformer on TinyStories")]
+#[command(
+    name = "tinygpt",
+    version,
+    about = "Pretrain a GPT-2-style transformer on TinyStories"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,16 +74,31 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Prepare { source, tokenizer, out, shard_tokens, force, quiet } => {
+        Command::Prepare {
+            source,
+            tokenizer,
+            out,
+            shard_tokens,
+            force,
+            quiet,
+        } => {
             let source = Source::parse(&source)?;
             let tokenizer = Tokenizer::load(&tokenizer)?;
-            let options = PrepareOptions { shard_tokens, force, progress: !quiet };
+            let options = PrepareOptions {
+                shard_tokens,
+                force,
+                progress: !quiet,
+            };
             let report = data::prepare(&source, &tokenizer, &out, &options)?;
             print_prepare(&report, &out);
         }
-        Command::Bench { what: Bench::Matmul { size, repeats } } => {
+        Command::Bench {
+            what: Bench::Matmul { size, repeats },
+        } => {
             let gflops = tinygpt::bench::matmul_gflops(size, repeats)?;
-            println!("matmul {size}x{size}x{size} f32 on CPU: {gflops:.1} GFLOP/s (best of {repeats})");
+            println!(
+                "matmul {size}x{size}x{size} f32 on CPU: {gflops:.1} GFLOP/s (best of {repeats})"
+            );
         }
     }
     Ok(())
@@ -88,9 +107,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn print_prepare(report: &data::PrepareReport, out: &std::path::Path) {
     let m = &report.manifest;
     if report.reused {
-        println!("{} already holds these shards (same inputs); nothing to do (use --force to redo)", out.display());
+        println!(
+            "{} already holds these shards (same inputs); nothing to do (use --force to redo)",
+            out.display()
+        );
     }
-    println!("tokenizer {} (vocab {}, EOS id {}, fingerprint {})", m.tokenizer.name, m.tokenizer.vocab_size, m.tokenizer.eos_id, m.tokenizer.fingerprint);
+    println!(
+        "tokenizer {} (vocab {}, EOS id {}, fingerprint {})",
+        m.tokenizer.name, m.tokenizer.vocab_size, m.tokenizer.eos_id, m.tokenizer.fingerprint
+    );
     for split in Split::ALL {
         if let Some(info) = m.splits.get(&split) {
             println!(
@@ -104,6 +129,11 @@ fn print_prepare(report: &data::PrepareReport, out: &std::path::Path) {
         }
     }
     if !report.reused {
-        println!("wrote {} in {:.1} s ({:.2} MB/s of text)", out.display(), report.seconds, report.megabytes_per_second());
+        println!(
+            "wrote {} in {:.1} s ({:.2} MB/s of text)",
+            out.display(),
+            report.seconds,
+            report.megabytes_per_second()
+        );
     }
 }

@@ -69,7 +69,14 @@ pub struct BatchTensors {
 impl Batch {
     /// Builds a batch from rows of `t + 1` tokens (inputs and the one extra target).
     fn from_rows<'a>(rows: impl Iterator<Item = &'a [u16]>, t: usize, eos: u32) -> Self {
-        let mut batch = Batch { b: 0, t, x: Vec::new(), y: Vec::new(), doc: Vec::new(), pos: Vec::new() };
+        let mut batch = Batch {
+            b: 0,
+            t,
+            x: Vec::new(),
+            y: Vec::new(),
+            doc: Vec::new(),
+            pos: Vec::new(),
+        };
         for row in rows {
             let inputs: Vec<u32> = row.iter().take(t).map(|&v| v as u32).collect();
             let (doc, pos) = document_ids(&inputs, eos);
@@ -77,7 +84,9 @@ impl Batch {
             batch.x.extend(&inputs);
             batch.x.extend(std::iter::repeat_n(eos, pad));
             batch.y.extend(row.iter().skip(1).map(|&v| v as u32));
-            batch.y.extend(std::iter::repeat_n(IGNORE_INDEX, t - (row.len() - 1)));
+            batch
+                .y
+                .extend(std::iter::repeat_n(IGNORE_INDEX, t - (row.len() - 1)));
             // Padding forms a document of its own, so it can never be attended to.
             let pad_doc = doc.last().map_or(0, |d| d + 1);
             batch.doc.extend(&doc);
@@ -97,7 +106,12 @@ impl Batch {
     pub fn to_tensors(&self, device: &candle_core::Device) -> candle_core::Result<BatchTensors> {
         let shape = (self.b, self.t);
         let make = |v: &[u32]| candle_core::Tensor::from_slice(v, shape, device);
-        Ok(BatchTensors { x: make(&self.x)?, y: make(&self.y)?, doc: make(&self.doc)?, pos: make(&self.pos)? })
+        Ok(BatchTensors {
+            x: make(&self.x)?,
+            y: make(&self.y)?,
+            doc: make(&self.doc)?,
+            pos: make(&self.pos)?,
+        })
     }
 }
 
@@ -158,20 +172,29 @@ impl ShardSet {
             manifest.check_tokenizer(dir, tokenizer)?;
         }
         let info = manifest.splits.get(&split).ok_or_else(|| {
-            Error::data(&dir.join(super::shards::MANIFEST), format!("lists no {} shards; re-run `tinygpt prepare`", split.name()))
+            Error::data(
+                &dir.join(super::shards::MANIFEST),
+                format!("lists no {} shards; re-run `tinygpt prepare`", split.name()),
+            )
         })?;
         let mut shards = Vec::new();
         for (path, shard) in manifest.shard_paths(dir, split).iter().zip(&info.shards) {
             let npy = NpyU16::open(path)?;
             if npy.len() as u64 != shard.tokens {
-                return Err(Error::data(path, format!(
+                return Err(Error::data(
+                    path,
+                    format!(
                     "holds {} tokens but the manifest says {}; re-run `tinygpt prepare --force`",
                     npy.len(), shard.tokens
-                )));
+                ),
+                ));
             }
             shards.push(npy);
         }
-        Ok(Self { shards, eos: manifest.tokenizer.eos_id })
+        Ok(Self {
+            shards,
+            eos: manifest.tokenizer.eos_id,
+        })
     }
 }
 
@@ -186,7 +209,12 @@ pub struct DataLoader {
 impl DataLoader {
     /// Opens the shards of `split` in `dir` (written by `tinygpt prepare`). With a tokenizer, the
     /// manifest is checked against it first.
-    pub fn open(dir: &Path, split: Split, config: LoaderConfig, tokenizer: Option<&Tokenizer>) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        split: Split,
+        config: LoaderConfig,
+        tokenizer: Option<&Tokenizer>,
+    ) -> Result<Self> {
         let (b, t, world) = (config.batch_size, config.block_size, config.world_size);
         if b == 0 || t == 0 || world == 0 || config.rank >= world {
             return Err(Error::Invalid(format!(
@@ -195,7 +223,12 @@ impl DataLoader {
             )));
         }
         let set = ShardSet::open(dir, split, tokenizer)?;
-        let loader = Self { order: shard_order(set.shards.len(), config.seed, 0), set, config, cursor: Cursor::default() };
+        let loader = Self {
+            order: shard_order(set.shards.len(), config.seed, 0),
+            set,
+            config,
+            cursor: Cursor::default(),
+        };
         if loader.batches_per_epoch() == 0 {
             let tokens: usize = loader.set.shards.iter().map(NpyU16::len).sum();
             return Err(Error::data(dir, format!(
@@ -222,12 +255,20 @@ impl DataLoader {
     pub fn next_batch(&mut self) -> Batch {
         loop {
             if self.cursor.shard == self.order.len() {
-                self.cursor = Cursor { epoch: self.cursor.epoch + 1, shard: 0, step: 0 };
-                self.order = shard_order(self.set.shards.len(), self.config.seed, self.cursor.epoch);
+                self.cursor = Cursor {
+                    epoch: self.cursor.epoch + 1,
+                    shard: 0,
+                    step: 0,
+                };
+                self.order =
+                    shard_order(self.set.shards.len(), self.config.seed, self.cursor.epoch);
             }
             let shard = self.order[self.cursor.shard];
             if self.cursor.step < self.rounds(shard) {
-                let batch = self.read(shard, self.cursor.step * self.config.world_size + self.config.rank);
+                let batch = self.read(
+                    shard,
+                    self.cursor.step * self.config.world_size + self.config.rank,
+                );
                 self.cursor.step += 1;
                 return batch;
             }
@@ -304,18 +345,39 @@ pub struct ValLoader {
 }
 
 impl ValLoader {
-    pub fn open(dir: &Path, batch_size: usize, block_size: usize, rank: usize, world_size: usize, tokenizer: Option<&Tokenizer>) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        batch_size: usize,
+        block_size: usize,
+        rank: usize,
+        world_size: usize,
+        tokenizer: Option<&Tokenizer>,
+    ) -> Result<Self> {
         if batch_size == 0 || block_size == 0 || world_size == 0 || rank >= world_size {
-            return Err(Error::Invalid("validation loader: sizes must be at least 1 and rank < world size".into()));
+            return Err(Error::Invalid(
+                "validation loader: sizes must be at least 1 and rank < world size".into(),
+            ));
         }
         let set = ShardSet::open(dir, Split::Val, tokenizer)?;
         let rows = set
             .shards
             .iter()
             .enumerate()
-            .flat_map(|(s, shard)| (0..shard.len().saturating_sub(1)).step_by(block_size).map(move |start| (s, start)))
+            .flat_map(|(s, shard)| {
+                (0..shard.len().saturating_sub(1))
+                    .step_by(block_size)
+                    .map(move |start| (s, start))
+            })
             .collect();
-        Ok(Self { set, batch_size, block_size, rows, next_batch: rank, rank, world_size })
+        Ok(Self {
+            set,
+            batch_size,
+            block_size,
+            rows,
+            next_batch: rank,
+            rank,
+            world_size,
+        })
     }
 
     /// Batches over the whole split (for all workers together).
@@ -339,10 +401,12 @@ impl Iterator for ValLoader {
         }
         self.next_batch += self.world_size;
         let t = self.block_size;
-        let rows = self.rows[first..(first + self.batch_size).min(self.rows.len())].iter().map(|&(s, start)| {
-            let tokens = self.set.shards[s].tokens();
-            &tokens[start..(start + t + 1).min(tokens.len())]
-        });
+        let rows = self.rows[first..(first + self.batch_size).min(self.rows.len())]
+            .iter()
+            .map(|&(s, start)| {
+                let tokens = self.set.shards[s].tokens();
+                &tokens[start..(start + t + 1).min(tokens.len())]
+            });
         Some(Batch::from_rows(rows, t, self.set.eos))
     }
 }

@@ -88,15 +88,21 @@ impl NpyU16 {
         // SAFETY: the map is read-only; shards are written under a temporary name and renamed, so
         // a file is never modified in place while mapped.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let bad = |why: String| Error::BadNpy { path: path.to_owned(), why };
+        let bad = |why: String| Error::BadNpy {
+            path: path.to_owned(),
+            why,
+        };
         if mmap.len() < 10 || &mmap[..6] != MAGIC {
-            return Err(bad("it does not start with the NumPy magic string \\x93NUMPY".into()));
+            return Err(bad(
+                "it does not start with the NumPy magic string \\x93NUMPY".into(),
+            ));
         }
         let (header_start, header_len) = match mmap[6] {
             1 => (10, u16::from_le_bytes([mmap[8], mmap[9]]) as usize),
-            2 | 3 if mmap.len() >= 12 => {
-                (12, u32::from_le_bytes([mmap[8], mmap[9], mmap[10], mmap[11]]) as usize)
-            }
+            2 | 3 if mmap.len() >= 12 => (
+                12,
+                u32::from_le_bytes([mmap[8], mmap[9], mmap[10], mmap[11]]) as usize,
+            ),
             v => return Err(bad(format!("unsupported .npy format version {v}"))),
         };
         let data_offset = header_start + header_len;
@@ -113,7 +119,11 @@ impl NpyU16 {
                 mmap.len()
             )));
         }
-        Ok(Self { mmap, data_offset, len })
+        Ok(Self {
+            mmap,
+            data_offset,
+            len,
+        })
     }
 
     /// The tokens, borrowed straight from the mapped file (no copy).
@@ -137,11 +147,15 @@ impl NpyU16 {
 /// a 1-D little-endian `uint16` array in C order.
 fn parse_header(dict: &str) -> std::result::Result<usize, String> {
     let value = |key: &str| -> std::result::Result<&str, String> {
-        let at = dict.find(&format!("'{key}':")).ok_or(format!("its header has no '{key}'"))?;
+        let at = dict
+            .find(&format!("'{key}':"))
+            .ok_or(format!("its header has no '{key}'"))?;
         Ok(dict[at + key.len() + 3..].trim_start())
     };
     let descr = value("descr")?;
-    if !(descr.starts_with("'<u2'") || (cfg!(target_endian = "little") && descr.starts_with("'=u2'"))) {
+    if !(descr.starts_with("'<u2'")
+        || (cfg!(target_endian = "little") && descr.starts_with("'=u2'")))
+    {
         let shown: String = descr.chars().take_while(|c| *c != ',').collect();
         return Err(format!(
             "its dtype is {shown}, not uint16 ('<u2'): shards must be written as np.uint16"
@@ -155,9 +169,15 @@ fn parse_header(dict: &str) -> std::result::Result<usize, String> {
         .strip_prefix('(')
         .and_then(|s| s.split(')').next())
         .ok_or("its shape is not a tuple")?;
-    let dims: Vec<&str> = inner.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let dims: Vec<&str> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     match dims.as_slice() {
-        [n] => n.parse().map_err(|_| format!("its shape ({inner}) is not a number")),
+        [n] => n
+            .parse()
+            .map_err(|_| format!("its shape ({inner}) is not a number")),
         _ => Err(format!("its shape is ({inner}); a shard must be 1-D")),
     }
 }
@@ -179,7 +199,9 @@ mod tests {
     #[test]
     fn header_matches_numpy_byte_for_byte() {
         // What NumPy 2.4's np.save(f, np.arange(3, dtype=np.uint16)) writes before the data.
-        let mut expected = b"\x93NUMPY\x01\x00v\x00{'descr': '<u2', 'fortran_order': False, 'shape': (3,), }".to_vec();
+        let mut expected =
+            b"\x93NUMPY\x01\x00v\x00{'descr': '<u2', 'fortran_order': False, 'shape': (3,), }"
+                .to_vec();
         expected.resize(127, b' ');
         expected.push(b'\n');
         assert_eq!(header(3), expected);

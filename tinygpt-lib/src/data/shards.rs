@@ -85,10 +85,19 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::data(&path, format!("cannot read the shard manifest ({e}); run `tinygpt prepare --out {}` first", dir.display()))
+            Error::data(
+                &path,
+                format!(
+                    "cannot read the shard manifest ({e}); run `tinygpt prepare --out {}` first",
+                    dir.display()
+                ),
+            )
         })?;
         serde_json::from_str(&text).map_err(|e| {
-            Error::data(&path, format!("is not a valid shard manifest ({e}); re-create it with `tinygpt prepare`"))
+            Error::data(
+                &path,
+                format!("is not a valid shard manifest ({e}); re-create it with `tinygpt prepare`"),
+            )
         })
     }
 
@@ -99,13 +108,19 @@ impl Manifest {
         let theirs = TokenizerInfo::of(tokenizer);
         let mut diffs = Vec::new();
         if ours.vocab_size != theirs.vocab_size {
-            diffs.push(format!("vocab size {} vs {}", ours.vocab_size, theirs.vocab_size));
+            diffs.push(format!(
+                "vocab size {} vs {}",
+                ours.vocab_size, theirs.vocab_size
+            ));
         }
         if ours.eos_id != theirs.eos_id {
             diffs.push(format!("EOS id {} vs {}", ours.eos_id, theirs.eos_id));
         }
         if ours.fingerprint != theirs.fingerprint {
-            diffs.push(format!("fingerprint {} vs {}", ours.fingerprint, theirs.fingerprint));
+            diffs.push(format!(
+                "fingerprint {} vs {}",
+                ours.fingerprint, theirs.fingerprint
+            ));
         }
         if diffs.is_empty() {
             return Ok(());
@@ -126,7 +141,10 @@ impl Manifest {
 
     /// The shard files of one split, as full paths.
     pub fn shard_paths(&self, dir: &Path, split: Split) -> Vec<PathBuf> {
-        self.splits.get(&split).map(|s| s.shards.iter().map(|f| dir.join(&f.file)).collect()).unwrap_or_default()
+        self.splits
+            .get(&split)
+            .map(|s| s.shards.iter().map(|f| dir.join(&f.file)).collect())
+            .unwrap_or_default()
     }
 
     /// Writes `dir/manifest.json` atomically.
@@ -162,7 +180,11 @@ pub struct PrepareOptions {
 
 impl Default for PrepareOptions {
     fn default() -> Self {
-        Self { shard_tokens: DEFAULT_SHARD_TOKENS, force: false, progress: true }
+        Self {
+            shard_tokens: DEFAULT_SHARD_TOKENS,
+            force: false,
+            progress: true,
+        }
     }
 }
 
@@ -186,7 +208,12 @@ impl PrepareReport {
 ///
 /// Nothing in `out` is touched until every shard has been written to a staging folder inside it:
 /// bad input fails early and leaves earlier shards as they were.
-pub fn prepare(source: &Source, tokenizer: &Tokenizer, out: &Path, options: &PrepareOptions) -> Result<PrepareReport> {
+pub fn prepare(
+    source: &Source,
+    tokenizer: &Tokenizer,
+    out: &Path,
+    options: &PrepareOptions,
+) -> Result<PrepareReport> {
     let start = Instant::now();
     if tokenizer.vocab_size() > 1 << 16 {
         return Err(Error::Invalid(format!(
@@ -198,14 +225,20 @@ pub fn prepare(source: &Source, tokenizer: &Tokenizer, out: &Path, options: &Pre
     if options.shard_tokens == 0 {
         return Err(Error::Invalid("--shard-tokens must be at least 1".into()));
     }
-    let files: Vec<(Split, Vec<PathBuf>)> =
-        Split::ALL.iter().map(|&split| Ok((split, source.files(split)?))).collect::<Result<_>>()?;
+    let files: Vec<(Split, Vec<PathBuf>)> = Split::ALL
+        .iter()
+        .map(|&split| Ok((split, source.files(split)?)))
+        .collect::<Result<_>>()?;
     let inputs = inputs_hash(tokenizer, options.shard_tokens, &files)?;
 
     if !options.force {
         if let Ok(existing) = Manifest::load(out) {
             if existing.inputs == inputs && existing.shards_present(out) {
-                return Ok(PrepareReport { manifest: existing, reused: true, seconds: start.elapsed().as_secs_f64() });
+                return Ok(PrepareReport {
+                    manifest: existing,
+                    reused: true,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
             }
         }
     }
@@ -233,7 +266,11 @@ pub fn prepare(source: &Source, tokenizer: &Tokenizer, out: &Path, options: &Pre
         };
     }
     publish(&manifest, &staging, out)?;
-    Ok(PrepareReport { manifest, reused: false, seconds: start.elapsed().as_secs_f64() })
+    Ok(PrepareReport {
+        manifest,
+        reused: false,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// Moves the staged shards into `out`, removes shards of an older run that are no longer listed,
@@ -244,9 +281,15 @@ fn publish(manifest: &Manifest, staging: &Path, out: &Path) -> Result<()> {
     if manifest_path.exists() {
         std::fs::remove_file(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
     }
-    let new_files: Vec<&str> = manifest.splits.values().flat_map(|s| &s.shards).map(|s| s.file.as_str()).collect();
+    let new_files: Vec<&str> = manifest
+        .splits
+        .values()
+        .flat_map(|s| &s.shards)
+        .map(|s| s.file.as_str())
+        .collect();
     for file in &new_files {
-        std::fs::rename(staging.join(file), out.join(file)).map_err(|e| Error::io(&out.join(file), e))?;
+        std::fs::rename(staging.join(file), out.join(file))
+            .map_err(|e| Error::io(&out.join(file), e))?;
     }
     if let Some(old) = old {
         for shard in old.splits.values().flat_map(|s| &s.shards) {
@@ -261,7 +304,13 @@ fn publish(manifest: &Manifest, staging: &Path, out: &Path) -> Result<()> {
 
 /// Tokenizes one split, file by file and story chunk by story chunk (in parallel inside a
 /// chunk), filling shards of `shard_tokens` tokens in `staging`.
-fn tokenize_split(split: Split, paths: &[PathBuf], tokenizer: &Tokenizer, staging: &Path, options: &PrepareOptions) -> Result<SplitInfo> {
+fn tokenize_split(
+    split: Split,
+    paths: &[PathBuf],
+    tokenizer: &Tokenizer,
+    staging: &Path,
+    options: &PrepareOptions,
+) -> Result<SplitInfo> {
     const CHUNK: usize = 2048;
     let mut writer = ShardWriter::new(split, staging, options.shard_tokens);
     let bar = progress_bar(options.progress, split);
@@ -277,8 +326,13 @@ fn tokenize_split(split: Split, paths: &[PathBuf], tokenizer: &Tokenizer, stagin
                 info.text_bytes += story.len() as u64;
             }
             bar.inc(chunk.len() as u64);
-            let tokens_per_s = writer.total_tokens() as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("{:.2}M tokens, {:.0}k tokens/s", writer.total_tokens() as f64 / 1e6, tokens_per_s / 1e3));
+            let tokens_per_s =
+                writer.total_tokens() as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "{:.2}M tokens, {:.0}k tokens/s",
+                writer.total_tokens() as f64 / 1e6,
+                tokens_per_s / 1e3
+            ));
         }
     }
     bar.finish();
@@ -286,17 +340,29 @@ fn tokenize_split(split: Split, paths: &[PathBuf], tokenizer: &Tokenizer, stagin
     info.stories = info.shards.iter().map(|s| s.stories).sum();
     info.tokens = info.shards.iter().map(|s| s.tokens).sum();
     if info.stories == 0 {
-        return Err(Error::Invalid(format!("the {} split has no stories", split.name())));
+        return Err(Error::Invalid(format!(
+            "the {} split has no stories",
+            split.name()
+        )));
     }
     Ok(info)
 }
 
 fn progress_bar(visible: bool, split: Split) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(0), if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>5} [{bar:30}] {pos}/{len} stories, {msg} ({elapsed})")
-            .expect("a valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>5} [{bar:30}] {pos}/{len} stories, {msg} ({elapsed})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(split.name());
     bar
@@ -314,13 +380,21 @@ struct ShardWriter<'a> {
 
 impl<'a> ShardWriter<'a> {
     fn new(split: Split, dir: &'a Path, shard_tokens: usize) -> Self {
-        Self { split, dir, shard_tokens, buffer: Vec::new(), stories_in_buffer: 0, written: Vec::new() }
+        Self {
+            split,
+            dir,
+            shard_tokens,
+            buffer: Vec::new(),
+            stories_in_buffer: 0,
+            written: Vec::new(),
+        }
     }
 
     fn push_story(&mut self, eos: u32, ids: &[u32]) -> Result<()> {
         self.stories_in_buffer += 1;
         for &id in std::iter::once(&eos).chain(ids) {
-            let id = u16::try_from(id).map_err(|_| Error::Invalid(format!("token id {id} does not fit in uint16")))?;
+            let id = u16::try_from(id)
+                .map_err(|_| Error::Invalid(format!("token id {id} does not fit in uint16")))?;
             self.buffer.push(id);
             if self.buffer.len() == self.shard_tokens {
                 self.flush()?;
@@ -332,7 +406,11 @@ impl<'a> ShardWriter<'a> {
     fn flush(&mut self) -> Result<()> {
         let file = shard_name(self.split, self.written.len());
         npy::write_u16(&self.dir.join(&file), &self.buffer)?;
-        self.written.push(ShardInfo { file, tokens: self.buffer.len() as u64, stories: self.stories_in_buffer });
+        self.written.push(ShardInfo {
+            file,
+            tokens: self.buffer.len() as u64,
+            stories: self.stories_in_buffer,
+        });
         self.buffer.clear();
         self.stories_in_buffer = 0;
         Ok(())
@@ -352,21 +430,41 @@ impl<'a> ShardWriter<'a> {
 
 /// Hash of what the shards depend on: format, tokenizer, shard size and each input file's name,
 /// size and modification time (hashing gigabytes of text would cost as much as tokenizing it).
-fn inputs_hash(tokenizer: &Tokenizer, shard_tokens: usize, files: &[(Split, Vec<PathBuf>)]) -> Result<String> {
+fn inputs_hash(
+    tokenizer: &Tokenizer,
+    shard_tokens: usize,
+    files: &[(Split, Vec<PathBuf>)],
+) -> Result<String> {
     let mut hash = Sha256::new();
-    hash.update(format!("format {FORMAT}\ntokenizer {}\nshard_tokens {shard_tokens}\n", tokenizer.fingerprint()));
+    hash.update(format!(
+        "format {FORMAT}\ntokenizer {}\nshard_tokens {shard_tokens}\n",
+        tokenizer.fingerprint()
+    ));
     for (split, paths) in files {
         for path in paths {
             let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-            let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            hash.update(format!("{} {} {} {:?}\n", split.name(), path.display(), meta.len(), modified));
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            hash.update(format!(
+                "{} {} {} {:?}\n",
+                split.name(),
+                path.display(),
+                meta.len(),
+                modified
+            ));
         }
     }
-    Ok(hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+    Ok(hash
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Reads a whole shard into memory (tests and small tools; training memory-maps instead).
 pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
     Ok(npy::NpyU16::open(path)?.tokens().to_vec())
 }
-

@@ -23,7 +23,9 @@ pub const HUB_REVISION: &str = "f54c09fd23315a6f9c86f9dc80f725de7d8f9c64";
 pub const DATA_ENV: &str = "TINYGPT_DATA";
 
 /// Training or validation stories.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -47,7 +49,12 @@ impl Split {
         let name = file_name.to_lowercase();
         match self {
             Split::Train => name.contains("train"),
-            Split::Val => name.contains("valid") || name.starts_with("val") || name.contains("_val") || name.contains("-val"),
+            Split::Val => {
+                name.contains("valid")
+                    || name.starts_with("val")
+                    || name.contains("_val")
+                    || name.contains("-val")
+            }
         }
     }
 }
@@ -72,7 +79,9 @@ impl HubFiles {
                 "data/train-00002-of-00004-a26307300439e943.parquet",
                 "data/train-00003-of-00004-d243063613e5a057.parquet",
             ],
-            (HubFiles::Parquet, Split::Val) => &["data/validation-00000-of-00001-869c898b519ad725.parquet"],
+            (HubFiles::Parquet, Split::Val) => {
+                &["data/validation-00000-of-00001-869c898b519ad725.parquet"]
+            }
             (HubFiles::TextV1, Split::Train) => &["TinyStories-train.txt"],
             (HubFiles::TextV1, Split::Val) => &["TinyStories-valid.txt"],
             (HubFiles::TextV2, Split::Train) => &["TinyStoriesV2-GPT4-train.txt"],
@@ -116,7 +125,11 @@ impl Source {
     /// keeps them in its cache, `$HF_HOME/hub`, and a second call finds them there).
     pub fn files(&self, split: Split) -> Result<Vec<PathBuf>> {
         match self {
-            Source::Hub(which) => which.files(split).iter().map(|f| hub_file(HUB_DATASET, "dataset", f)).collect(),
+            Source::Hub(which) => which
+                .files(split)
+                .iter()
+                .map(|f| hub_file(HUB_DATASET, "dataset", f))
+                .collect(),
             Source::Dir(dir) => local_files(dir, split),
         }
     }
@@ -132,7 +145,10 @@ impl Source {
 
     /// The stories of both splits, as plain Rust data.
     pub fn load(&self) -> Result<Stories> {
-        Ok(Stories { train: self.stories(Split::Train)?, val: self.stories(Split::Val)? })
+        Ok(Stories {
+            train: self.stories(Split::Train)?,
+            val: self.stories(Split::Val)?,
+        })
     }
 
     /// Both splits as one polars DataFrame (see [`Stories::frame`]).
@@ -167,12 +183,23 @@ impl Stories {
     pub fn frame(&self) -> Result<DataFrame> {
         let splits = [(Split::Train, &self.train), (Split::Val, &self.val)];
         let all = || splits.iter().flat_map(|(_, stories)| stories.iter());
-        let split: Vec<&str> = splits.iter().flat_map(|(s, stories)| std::iter::repeat_n(s.name(), stories.len())).collect();
+        let split: Vec<&str> = splits
+            .iter()
+            .flat_map(|(s, stories)| std::iter::repeat_n(s.name(), stories.len()))
+            .collect();
         DataFrame::new_infer_height(vec![
             Column::new("text".into(), all().map(String::as_str).collect::<Vec<_>>()),
             Column::new("split".into(), split),
-            Column::new("characters".into(), all().map(|s| s.chars().count() as u32).collect::<Vec<_>>()),
-            Column::new("words".into(), all().map(|s| s.split_whitespace().count() as u32).collect::<Vec<_>>()),
+            Column::new(
+                "characters".into(),
+                all().map(|s| s.chars().count() as u32).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "words".into(),
+                all()
+                    .map(|s| s.split_whitespace().count() as u32)
+                    .collect::<Vec<_>>(),
+            ),
         ])
         .map_err(|e| Error::Invalid(format!("building the stories DataFrame: {e}")))
     }
@@ -184,14 +211,22 @@ fn local_files(dir: &Path, split: Split) -> Result<Vec<PathBuf>> {
                train*/valid* text files with `<|endoftext|>` separator lines, or as \
                train-*/validation-* parquet files with a `text` column";
     if !dir.is_dir() {
-        return Err(Error::data(dir, format!("the data folder does not exist; {fix}")));
+        return Err(Error::data(
+            dir,
+            format!("the data folder does not exist; {fix}"),
+        ));
     }
     let mut files = Vec::new();
     for folder in [dir.to_owned(), dir.join("data")] {
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
         for entry in entries {
             let path = entry.map_err(|e| Error::io(&folder, e))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             let is_data = name.ends_with(".txt") || name.ends_with(".parquet");
             if is_data && path.is_file() && split.matches(name) {
                 files.push(path);
@@ -200,7 +235,10 @@ fn local_files(dir: &Path, split: Split) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     if files.is_empty() {
-        return Err(Error::data(dir, format!("no {} files found; {fix}", split.name())));
+        return Err(Error::data(
+            dir,
+            format!("no {} files found; {fix}", split.name()),
+        ));
     }
     Ok(files)
 }
@@ -212,7 +250,13 @@ pub fn read_stories(path: &Path) -> Result<Vec<String>> {
     } else {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let text = std::str::from_utf8(&bytes).map_err(|e| {
-            Error::data(path, format!("is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
+            Error::data(
+                path,
+                format!(
+                    "is not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
+            )
         })?;
         split_stories(text).map_err(|why| Error::data(path, why))?
     };
@@ -257,28 +301,55 @@ pub fn split_stories(text: &str) -> std::result::Result<Vec<String>, String> {
 /// The `text` column of a parquet file.
 fn read_parquet_stories(path: &Path) -> Result<Vec<String>> {
     let corrupt = |e: PolarsError| {
-        Error::data(path, format!("is not a readable parquet file ({e}); delete it and download it again"))
+        Error::data(
+            path,
+            format!("is not a readable parquet file ({e}); delete it and download it again"),
+        )
     };
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let frame = ParquetReader::new(file).with_columns(Some(vec!["text".into()])).finish().map_err(corrupt)?;
-    let column = frame
-        .column("text")
-        .map_err(|_| Error::data(path, "has no `text` column; TinyStories parquet files keep each story in `text`"))?;
-    let text = column.str().map_err(|_| Error::data(path, "its `text` column is not a string column"))?;
-    Ok(text.iter().flatten().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+    let frame = ParquetReader::new(file)
+        .with_columns(Some(vec!["text".into()]))
+        .finish()
+        .map_err(corrupt)?;
+    let column = frame.column("text").map_err(|_| {
+        Error::data(
+            path,
+            "has no `text` column; TinyStories parquet files keep each story in `text`",
+        )
+    })?;
+    let text = column
+        .str()
+        .map_err(|_| Error::data(path, "its `text` column is not a string column"))?;
+    Ok(text
+        .iter()
+        .flatten()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 /// Downloads one file of a hub repository (or finds it in the hf-hub cache) and returns its path.
 /// `kind` is "dataset" or "model". Progress bars show the download.
 pub(crate) fn hub_file(repo: &str, kind: &str, file: &str) -> Result<PathBuf> {
     use hf_hub::{api::sync::ApiBuilder, Repo, RepoType};
-    let hub_err = |why: String| Error::Hub { repo: repo.to_owned(), file: file.to_owned(), why };
-    let api = ApiBuilder::from_env().with_progress(true).build().map_err(|e| hub_err(e.to_string()))?;
+    let hub_err = |why: String| Error::Hub {
+        repo: repo.to_owned(),
+        file: file.to_owned(),
+        why,
+    };
+    let api = ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(|e| hub_err(e.to_string()))?;
     let repo_ref = match kind {
-        "dataset" => Repo::with_revision(repo.to_owned(), RepoType::Dataset, HUB_REVISION.to_owned()),
+        "dataset" => {
+            Repo::with_revision(repo.to_owned(), RepoType::Dataset, HUB_REVISION.to_owned())
+        }
         _ => Repo::new(repo.to_owned(), RepoType::Model),
     };
-    api.repo(repo_ref).get(file).map_err(|e| hub_err(e.to_string()))
+    api.repo(repo_ref)
+        .get(file)
+        .map_err(|e| hub_err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -287,18 +358,27 @@ mod tests {
 
     #[test]
     fn splits_on_separator_lines_and_trims() {
-        let text = "Once upon a time.\n\nThe end.\n<|endoftext|>\n  Second story.  \n<|endoftext|>\n";
-        assert_eq!(split_stories(text).unwrap(), ["Once upon a time.\n\nThe end.", "Second story."]);
+        let text =
+            "Once upon a time.\n\nThe end.\n<|endoftext|>\n  Second story.  \n<|endoftext|>\n";
+        assert_eq!(
+            split_stories(text).unwrap(),
+            ["Once upon a time.\n\nThe end.", "Second story."]
+        );
         // A last story without its separator still counts; empty pieces do not.
         let text = "<|endoftext|>\nA\n<|endoftext|>\n<|endoftext|>\nB";
         assert_eq!(split_stories(text).unwrap(), ["A", "B"]);
         // The separator inside a line is text, not a boundary.
-        assert_eq!(split_stories("a <|endoftext|> b\n<|endoftext|>\n").unwrap(), ["a <|endoftext|> b"]);
+        assert_eq!(
+            split_stories("a <|endoftext|> b\n<|endoftext|>\n").unwrap(),
+            ["a <|endoftext|> b"]
+        );
     }
 
     #[test]
     fn text_without_separators_is_refused() {
-        assert!(split_stories("just one long text\nwith lines\n").unwrap_err().contains("separator"));
+        assert!(split_stories("just one long text\nwith lines\n")
+            .unwrap_err()
+            .contains("separator"));
         assert!(split_stories("").unwrap().is_empty());
     }
 

@@ -43,26 +43,38 @@ impl Tokenizer {
     }
 
     fn from_file_named(path: &Path, name: &str) -> Result<Self> {
-        let bad = |why: String| Error::Tokenizer { path: path.to_owned(), why };
+        let bad = |why: String| Error::Tokenizer {
+            path: path.to_owned(),
+            why,
+        };
         if !path.is_file() {
-            return Err(bad("no such tokenizer file; pass --tokenizer gpt-neo or the path of a tokenizer.json".into()));
+            return Err(bad(
+                "no such tokenizer file; pass --tokenizer gpt-neo or the path of a tokenizer.json"
+                    .into(),
+            ));
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| bad(format!("is not a valid Hugging Face tokenizer.json ({e})")))?;
-        let eos_id = inner
-            .token_to_id(EOS_TOKEN)
-            .ok_or_else(|| bad(format!("has no `{EOS_TOKEN}` token, which marks where every story starts")))?;
+        let eos_id = inner.token_to_id(EOS_TOKEN).ok_or_else(|| {
+            bad(format!(
+                "has no `{EOS_TOKEN}` token, which marks where every story starts"
+            ))
+        })?;
         let canonical = inner.to_string(false).map_err(|e| bad(e.to_string()))?;
         let fingerprint = hex(&Sha256::digest(canonical.as_bytes())[..8]);
-        Ok(Self { inner, name: name.to_owned(), eos_id, fingerprint })
+        Ok(Self {
+            inner,
+            name: name.to_owned(),
+            eos_id,
+            fingerprint,
+        })
     }
 
     /// The ids of `text`, with no special tokens added around it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| Error::Invalid(format!("tokenizer {}: encoding failed: {e}", self.name)))?;
+        let encoding = self.inner.encode_fast(text, false).map_err(|e| {
+            Error::Invalid(format!("tokenizer {}: encoding failed: {e}", self.name))
+        })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -106,9 +118,10 @@ impl Tokenizer {
 
     /// Saves the tokenizer as `tokenizer.json` (checkpoints carry their tokenizer).
     pub fn save(&self, path: &Path) -> Result<PathBuf> {
-        self.inner
-            .save(path, false)
-            .map_err(|e| Error::Tokenizer { path: path.to_owned(), why: e.to_string() })?;
+        self.inner.save(path, false).map_err(|e| Error::Tokenizer {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
         Ok(path.to_owned())
     }
 }

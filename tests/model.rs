@@ -1,0 +1,766 @@
+//! The model against independent references: finite differences, separate runs, MHA, full
+//! recomputation, llama2.c's own greedy output, and round trips through the file formats.
+
+use std::collections::HashMap;
+
+use tinygpt::candle_core::{DType, Device, Tensor, Var};
+use tinygpt::data::loader::{document_ids, Batch};
+use tinygpt::model::{self, generate, GenerateOptions, Gpt, GptConfig, Mlp, Norm, Positions};
+use tinygpt_tests::shared;
+
+const EOS: u32 = 0;
+
+/// Small models of every variant the config allows.
+fn variants() -> Vec<(&'static str, GptConfig)> {
+    let gpt2 = GptConfig::gpt2(2, 4, 16, 32, 40);
+    let llama = GptConfig::llama(2, 4, 2, 16, 24, 32, 40);
+    vec![
+        (
+            "gpt2 (MHA, learned positions, LayerNorm, GELU, biases, tied)",
+            gpt2.clone(),
+        ),
+        (
+            "gpt2 + GQA",
+            GptConfig {
+                n_kv_head: 2,
+                ..gpt2.clone()
+            },
+        ),
+        (
+            "gpt2 + MQA, untied, no bias",
+            GptConfig {
+                n_kv_head: 1,
+                tied_embeddings: false,
+                bias: false,
+                ..gpt2.clone()
+            },
+        ),
+        ("llama (RoPE, RMSNorm, SwiGLU, GQA, no bias)", llama.clone()),
+        (
+            "llama + biases, untied",
+            GptConfig {
+                bias: true,
+                tied_embeddings: false,
+                ..llama.clone()
+            },
+        ),
+        (
+            "mixed: RoPE + LayerNorm + GELU",
+            GptConfig {
+                positions: Positions::Rope { theta: 10_000.0 },
+                norm: Norm::LayerNorm,
+                mlp: Mlp::Gelu,
+                ..gpt2
+            },
+        ),
+    ]
+}
+
+/// A batch of `rows`, each starting with EOS and holding several stories.
+fn batch(rows: &[Vec<u32>]) -> Batch {
+    let t = rows[0].len() - 1;
+    let mut b = Batch {
+        b: rows.len(),
+        t,
+        x: vec![],
+        y: vec![],
+        doc: vec![],
+        pos: vec![],
+    };
+    for row in rows {
+        let (doc, pos) = document_ids(&row[..t], EOS);
+        b.x.extend(&row[..t]);
+        b.y.extend(&row[1..]);
+        b.doc.extend(doc);
+        b.pos.extend(pos);
+    }
+    b
+}
+
+fn sample_rows() -> Vec<Vec<u32>> {
+    vec![
+        vec![EOS, 5, 9, 3, 7, EOS, 12, 30, 2, 2, 8, EOS, 39, 1, 4, 6, 11],
+        vec![
+            17, 3, 3, 25, EOS, 6, 14, 33, 21, 2, EOS, 9, 9, 10, 36, 5, 19,
+        ],
+    ]
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_finite_nonzero_gradient() {
+    let dev = Device::Cpu;
+    for (name, cfg) in variants() {
+        let model = Gpt::new(&cfg, 1, &dev).unwrap();
+        let loss = model
+            .loss(&batch(&sample_rows()).to_tensors(&dev).unwrap())
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        for (pname, var) in model.params().iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient reaches {pname}"));
+            let values: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                values.iter().all(|v| v.is_finite()),
+                "{name}: non-finite gradient in {pname}"
+            );
+            assert!(
+                values.iter().any(|&v| v != 0.0),
+                "{name}: zero gradient for {pname}"
+            );
+        }
+    }
+}
+
+/// The same model with f64 weights computing in f64.
+fn to_f64(model: &Gpt) -> Gpt {
+    let tensors: HashMap<String, Tensor> = model
+        .params()
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::F64).unwrap()))
+        .collect();
+    Gpt::from_tensors(model.config(), tensors, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let dev = Device::Cpu;
+    let data = batch(&sample_rows()).to_tensors(&dev).unwrap();
+    for (name, cfg) in variants() {
+        let model = to_f64(&Gpt::new(&cfg, 2, &dev).unwrap());
+        assert_eq!(model.compute_dtype(), DType::F64);
+        let loss = |m: &Gpt| m.loss(&data).unwrap().to_scalar::<f64>().unwrap();
+        let grads = model.loss(&data).unwrap().backward().unwrap();
+        for (pname, var) in model.params().iter() {
+            let analytic: Vec<f64> = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let original: Vec<f64> = var.flatten_all().unwrap().to_vec1().unwrap();
+            // A few coordinates per tensor, including the largest gradient.
+            let largest = (0..analytic.len())
+                .max_by(|&a, &b| analytic[a].abs().total_cmp(&analytic[b].abs()))
+                .unwrap();
+            for i in [0, analytic.len() / 2, analytic.len() - 1, largest] {
+                let eps = 1e-5;
+                let at = |delta: f64| {
+                    let mut v = original.clone();
+                    v[i] += delta;
+                    set(var, v);
+                    loss(&model)
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                set(var, original.clone());
+                let err = (numeric - analytic[i]).abs();
+                assert!(
+                    err <= 1e-6 + 1e-4 * analytic[i].abs(),
+                    "{name}: {pname}[{i}]: analytic {} vs numeric {numeric}",
+                    analytic[i]
+                );
+            }
+        }
+    }
+}
+
+fn set(var: &Var, values: Vec<f64>) {
+    var.set(&Tensor::from_vec(values, var.shape(), var.device()).unwrap())
+        .unwrap();
+}
+
+#[test]
+fn packed_rows_give_the_logits_of_separate_stories() {
+    let dev = Device::Cpu;
+    let stories = [
+        vec![EOS, 5, 9, 3, 7],
+        vec![EOS, 12, 30, 2, 2, 8, 21],
+        vec![EOS, 39, 1, 4],
+    ];
+    let packed: Vec<u32> = stories.concat();
+    let (doc, pos) = document_ids(&packed, EOS);
+    let t = packed.len();
+    for (name, cfg) in variants() {
+        let model = Gpt::new(&cfg, 3, &dev).unwrap();
+        let row = |v: &[u32]| Tensor::from_slice(v, (1, v.len()), &dev).unwrap();
+        let logits = model
+            .forward(&row(&packed), &row(&doc), &row(&pos))
+            .unwrap();
+        assert_eq!(logits.dims(), &[1, t, cfg.vocab_size]);
+        let mut start = 0;
+        for s in &stories {
+            let n = s.len();
+            let alone = model
+                .forward(
+                    &row(s),
+                    &row(&vec![0; n]),
+                    &row(&(0..n as u32).collect::<Vec<_>>()),
+                )
+                .unwrap();
+            let part = logits.narrow(1, start, n).unwrap();
+            let diff = max_abs_diff(&part, &alone);
+            assert!(diff < 1e-5, "{name}: story at {start} differs by {diff}");
+            start += n;
+        }
+    }
+}
+
+#[test]
+fn gqa_with_duplicated_key_value_heads_equals_mha() {
+    let dev = Device::Cpu;
+    for base in [
+        GptConfig::gpt2(2, 4, 16, 32, 40),
+        GptConfig::llama(2, 4, 2, 16, 24, 32, 40),
+    ] {
+        let gqa_cfg = GptConfig {
+            n_kv_head: 2,
+            ..base.clone()
+        };
+        let mha_cfg = GptConfig {
+            n_kv_head: 4,
+            ..base
+        };
+        let gqa = Gpt::new(&gqa_cfg, 4, &dev).unwrap();
+        let hd = gqa_cfg.head_dim();
+        let mut tensors: HashMap<String, Tensor> = gqa.params().tensors().into_iter().collect();
+        for i in 0..gqa_cfg.n_layer {
+            for suffix in ["weight", "bias"] {
+                let key = format!("h.{i}.attn.c_attn.{suffix}");
+                let Some(qkv) = tensors.get(&key) else {
+                    continue;
+                };
+                let head = |start: usize| qkv.narrow(0, start * hd, hd).unwrap();
+                // Query heads 0,1 share key/value head 0; heads 2,3 share head 1.
+                let (k0, k1, v0, v1) = (head(4), head(5), head(6), head(7));
+                let q = qkv.narrow(0, 0, 4 * hd).unwrap();
+                let mha = Tensor::cat(&[&q, &k0, &k0, &k1, &k1, &v0, &v0, &v1, &v1], 0).unwrap();
+                tensors.insert(key, mha);
+            }
+        }
+        let mha = Gpt::from_tensors(&mha_cfg, tensors, &dev).unwrap();
+        let data = batch(&sample_rows()).to_tensors(&dev).unwrap();
+        let a = gqa.forward(&data.x, &data.doc, &data.pos).unwrap();
+        let b = mha.forward(&data.x, &data.doc, &data.pos).unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-5);
+    }
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_recomputation() {
+    let dev = Device::Cpu;
+    let tokens: Vec<u32> = vec![EOS, 5, 9, 3, 7, 12, 30, 2, 2, 8, 21, 39, 1, 4];
+    for (name, cfg) in variants() {
+        let model = Gpt::new(&cfg, 5, &dev).unwrap();
+        let n = tokens.len();
+        let row = |v: &[u32]| Tensor::from_slice(v, (1, v.len()), &dev).unwrap();
+        let full = model
+            .forward(
+                &row(&tokens),
+                &row(&vec![0; n]),
+                &row(&(0..n as u32).collect::<Vec<_>>()),
+            )
+            .unwrap();
+        let mut cache = model::KvCache::default();
+        // A 3-token prefill, then one token at a time.
+        let mut at = 0;
+        for step in [3].into_iter().chain(std::iter::repeat_n(1, n - 3)) {
+            let logits = model
+                .forward_cached(&row(&tokens[at..at + step]), &mut cache)
+                .unwrap();
+            at += step;
+            let expected = full.narrow(1, at - 1, 1).unwrap().squeeze(1).unwrap();
+            let diff = max_abs_diff(&logits, &expected);
+            assert!(diff < 1e-5, "{name}: step ending at {at}: {diff}");
+        }
+        assert_eq!(cache.len(), n);
+    }
+}
+
+#[test]
+fn rope_sees_only_relative_positions() {
+    let dev = Device::Cpu;
+    let cfg = GptConfig::llama(2, 4, 2, 16, 24, 64, 40);
+    let model = Gpt::new(&cfg, 6, &dev).unwrap();
+    let tokens = [EOS, 5, 9, 3, 7, 12, 30, 2];
+    let n = tokens.len() as u32;
+    let row = |v: &[u32]| Tensor::from_slice(v, (1, v.len()), &dev).unwrap();
+    let at = |start: u32| {
+        model
+            .forward(
+                &row(&tokens),
+                &row(&[0; 8]),
+                &row(&(start..start + n).collect::<Vec<_>>()),
+            )
+            .unwrap()
+    };
+    let (a, b) = (at(0), at(17));
+    assert!(
+        max_abs_diff(&a, &b) < 1e-4,
+        "shifting every position changed the logits"
+    );
+    // …whereas learned positions are absolute (the test can fail).
+    let gpt2 = Gpt::new(&GptConfig::gpt2(2, 4, 16, 64, 40), 6, &dev).unwrap();
+    let at = |start: u32| {
+        gpt2.forward(
+            &row(&tokens),
+            &row(&[0; 8]),
+            &row(&(start..start + n).collect::<Vec<_>>()),
+        )
+        .unwrap()
+    };
+    assert!(max_abs_diff(&at(0), &at(17)) > 1e-3);
+}
+
+#[test]
+fn stories260k_greedy_matches_llama2c_run_c() {
+    let path = shared().join("data/models/stories260K/stories260K.bin");
+    let model = model::llama2c::load(&path, &Device::Cpu).unwrap();
+    let cfg = model.config();
+    assert_eq!(
+        (
+            cfg.n_embd,
+            cfg.mlp_hidden(),
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.n_kv_head,
+            cfg.vocab_size,
+            cfg.block_size
+        ),
+        (64, 172, 5, 8, 4, 512, 512)
+    );
+    // The 64 ids SOURCES.md lists for `run.c -t 0` from BOS (= 1).
+    let sources =
+        std::fs::read_to_string(shared().join("data/models/stories260K/SOURCES.md")).unwrap();
+    let line = sources
+        .lines()
+        .find(|l| l.starts_with("461 461 401"))
+        .expect("the reference ids in SOURCES.md");
+    let expected: Vec<u32> = line
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(expected.len(), 64);
+    let options = GenerateOptions {
+        max_new_tokens: 64,
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let ids = generate(&model, &[1], &options, |_| true).unwrap();
+    assert_eq!(ids, expected);
+}
+
+#[test]
+fn llama2c_files_with_bad_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(shared().join("data/models/stories260K/stories260K.bin")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "short.bin",
+            good[..10].to_vec(),
+            "shorter than the 28-byte header",
+        ),
+        (
+            "truncated.bin",
+            good[..good.len() - 4].to_vec(),
+            "implies 1056540 bytes",
+        ),
+        (
+            "v1.bin",
+            [b"ak42".as_slice(), &good[4..]].concat(),
+            "versioned format",
+        ),
+        (
+            "heads.bin",
+            [&good[..12], &7i32.to_le_bytes()[..], &good[16..]].concat(),
+            "do not divide",
+        ),
+        (
+            "negative.bin",
+            [&(-64i32).to_le_bytes()[..], &good[4..]].concat(),
+            "dim = -64",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = model::llama2c::load(&path, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(name) && err.contains(expected),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
+fn checkpoints_round_trip_and_catch_mismatches() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tinygpt::Tokenizer::from_file(&tinygpt_tests::gpt2_tokenizer()).unwrap();
+    let cfg = GptConfig::gpt2(2, 4, 16, 32, 50304);
+    let model = Gpt::new(&cfg, 7, &dev).unwrap();
+    let ckpt = dir.path().join("ckpt");
+    model::checkpoint::save(&ckpt, &model, Some(&tok)).unwrap();
+    let loaded = model::checkpoint::load(&ckpt, &dev).unwrap();
+    assert_eq!(
+        loaded.tokenizer.as_ref().unwrap().fingerprint(),
+        tok.fingerprint()
+    );
+    for (name, t) in model.params().tensors() {
+        let other = loaded.model.params().get(&name).unwrap();
+        assert_eq!(max_abs_diff(&t, other), 0.0, "{name}");
+    }
+    // A config that disagrees with the weights.
+    let config_path = ckpt.join("config.json");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        original.replace("\"n_layer\": 2", "\"n_layer\": 3"),
+    )
+    .unwrap();
+    let err = model::checkpoint::load(&ckpt, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("h.2."),
+        "{err}"
+    );
+    std::fs::write(
+        &config_path,
+        original.replace("\"n_embd\": 16", "\"n_embd\": 32"),
+    )
+    .unwrap();
+    let err = model::checkpoint::load(&ckpt, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("shape"), "{err}");
+    std::fs::write(
+        &config_path,
+        original.replace("\"n_head\": 4", "\"n_head\": 3"),
+    )
+    .unwrap();
+    let err = model::checkpoint::load(&ckpt, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("n_embd 16 is not divisible by n_head 3"),
+        "{err}"
+    );
+    std::fs::write(&config_path, &original).unwrap();
+    // A tokenizer that is not the one recorded.
+    let tok_path = ckpt.join("tokenizer.json");
+    let tok_json = std::fs::read_to_string(&tok_path).unwrap();
+    assert!(tok_json.contains("\"add_prefix_space\":false"));
+    std::fs::write(
+        &tok_path,
+        tok_json.replacen("\"add_prefix_space\":false", "\"add_prefix_space\":true", 1),
+    )
+    .unwrap();
+    let err = model::checkpoint::load(&ckpt, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("fingerprint"),
+        "{err}"
+    );
+    std::fs::write(&tok_path, &tok_json).unwrap();
+    // A truncated weights file.
+    let weights = ckpt.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let err = model::checkpoint::load(&ckpt, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
+    // A model too small for its tokenizer.
+    let small = Gpt::new(&GptConfig::gpt2(1, 2, 8, 16, 4096), 0, &dev).unwrap();
+    let err = model::checkpoint::save(&dir.path().join("small"), &small, Some(&tok))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("50257") && err.contains("4096"), "{err}");
+}
+
+#[test]
+fn hugging_face_export_round_trips_with_the_fields_transformers_needs() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, cfg, arch) in [
+        ("gpt2", GptConfig::gpt2(2, 4, 16, 32, 40), "GPT2LMHeadModel"),
+        (
+            "gpt2-untied",
+            GptConfig {
+                tied_embeddings: false,
+                ..GptConfig::gpt2(2, 4, 16, 32, 40)
+            },
+            "GPT2LMHeadModel",
+        ),
+        (
+            "llama",
+            GptConfig::llama(2, 4, 2, 16, 24, 32, 40),
+            "LlamaForCausalLM",
+        ),
+        (
+            "llama-untied-bias",
+            GptConfig {
+                tied_embeddings: false,
+                bias: true,
+                ..GptConfig::llama(2, 4, 2, 16, 24, 32, 40)
+            },
+            "LlamaForCausalLM",
+        ),
+    ] {
+        let model = Gpt::new(&cfg, 8, &dev).unwrap();
+        let out = dir.path().join(name);
+        model::hf::export(&model, None, &out).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["architectures"][0], arch);
+        let needed: &[&str] = if arch == "GPT2LMHeadModel" {
+            &[
+                "model_type",
+                "vocab_size",
+                "n_positions",
+                "n_embd",
+                "n_layer",
+                "n_head",
+                "activation_function",
+                "layer_norm_epsilon",
+                "tie_word_embeddings",
+            ]
+        } else {
+            &[
+                "model_type",
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "max_position_embeddings",
+                "rms_norm_eps",
+                "rope_theta",
+                "hidden_act",
+                "tie_word_embeddings",
+            ]
+        };
+        for key in needed {
+            assert!(!config[key].is_null(), "{name}: config.json lacks {key}");
+        }
+        let back = model::checkpoint::load(&out, &dev).unwrap().model;
+        assert_eq!(back.config(), model.config(), "{name}");
+        for (pname, t) in model.params().tensors() {
+            assert_eq!(
+                max_abs_diff(&t, back.params().get(&pname).unwrap()),
+                0.0,
+                "{name}: {pname}"
+            );
+        }
+        // GPT-2 Conv1D weights are stored transposed: (in, out).
+        if arch == "GPT2LMHeadModel" {
+            let st = model::checkpoint::load_weights(&out.join("model.safetensors"), &dev).unwrap();
+            assert_eq!(st["transformer.h.0.mlp.c_fc.weight"].dims(), &[16, 64]);
+        }
+    }
+    let gqa = Gpt::new(
+        &GptConfig {
+            n_kv_head: 2,
+            ..GptConfig::gpt2(2, 4, 16, 32, 40)
+        },
+        0,
+        &dev,
+    )
+    .unwrap();
+    let err = model::hf::export(&gqa, None, &dir.path().join("gqa"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("grouped-query"), "{err}");
+}
+
+#[test]
+fn a_seed_fixes_the_initial_weights_and_sampling() {
+    let dev = Device::Cpu;
+    let cfg = GptConfig::preset("tiny").unwrap();
+    let (a, b) = (
+        Gpt::new(&cfg, 42, &dev).unwrap(),
+        Gpt::new(&cfg, 42, &dev).unwrap(),
+    );
+    let c = Gpt::new(&cfg, 43, &dev).unwrap();
+    let w = |m: &Gpt| {
+        m.params()
+            .get("h.0.attn.c_attn.weight")
+            .unwrap()
+            .as_tensor()
+            .clone()
+    };
+    assert_eq!(max_abs_diff(&w(&a), &w(&b)), 0.0);
+    assert!(max_abs_diff(&w(&a), &w(&c)) > 0.0);
+    // Initial standard deviations: C^-1/2 and, for residual projections, (2 n_layer)^-1/2 less.
+    let std = |name: &str| {
+        let v: Vec<f32> = a
+            .params()
+            .get(name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt()
+    };
+    assert!((std("wte.weight") - 128f32.powf(-0.5)).abs() < 0.002);
+    assert!((std("h.0.mlp.c_proj.weight") - 128f32.powf(-0.5) / 8f32.sqrt()).abs() < 0.001);
+    let options = GenerateOptions {
+        max_new_tokens: 20,
+        temperature: 1.0,
+        top_k: Some(50),
+        top_p: Some(0.9),
+        seed: 9,
+        stop_token: None,
+    };
+    let one = generate(&a, &[0], &options, |_| true).unwrap();
+    assert_eq!(one, generate(&a, &[0], &options, |_| true).unwrap());
+    assert_ne!(
+        one,
+        generate(
+            &a,
+            &[0],
+            &GenerateOptions {
+                seed: 10,
+                ..options.clone()
+            },
+            |_| true
+        )
+        .unwrap()
+    );
+}
+
+#[test]
+fn generation_streams_stops_and_keeps_the_last_block() {
+    let dev = Device::Cpu;
+    let cfg = GptConfig::gpt2(1, 2, 16, 8, 20);
+    let model = Gpt::new(&cfg, 11, &dev).unwrap();
+    let mut streamed = vec![];
+    let options = GenerateOptions {
+        max_new_tokens: 30,
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let out = generate(&model, &[1, 2, 3], &options, |t| {
+        streamed.push(t);
+        true
+    })
+    .unwrap();
+    assert_eq!(out.len(), 30, "generation runs past the 8-token context");
+    assert_eq!(streamed, out);
+    // A prompt longer than the context is cut to its last 8 tokens: the same continuation.
+    let long: Vec<u32> = (0..20).map(|i| i % 20).collect();
+    let a = generate(
+        &model,
+        &long,
+        &GenerateOptions {
+            max_new_tokens: 5,
+            ..options.clone()
+        },
+        |_| true,
+    )
+    .unwrap();
+    let b = generate(
+        &model,
+        &long[12..],
+        &GenerateOptions {
+            max_new_tokens: 5,
+            ..options.clone()
+        },
+        |_| true,
+    )
+    .unwrap();
+    assert_eq!(a, b);
+    // Stop token and callback stop.
+    let first = out[0];
+    let stopped = generate(
+        &model,
+        &[1, 2, 3],
+        &GenerateOptions {
+            stop_token: Some(first),
+            ..options.clone()
+        },
+        |_| true,
+    )
+    .unwrap();
+    assert_eq!(stopped, vec![first]);
+    let two = generate(&model, &[1, 2, 3], &options, {
+        let mut n = 0;
+        move |_| {
+            n += 1;
+            n < 2
+        }
+    })
+    .unwrap();
+    assert_eq!(two.len(), 2);
+    // Bad options and prompts.
+    for (bad, expected) in [
+        (
+            GenerateOptions {
+                temperature: -1.0,
+                ..options.clone()
+            },
+            "--temperature",
+        ),
+        (
+            GenerateOptions {
+                top_k: Some(0),
+                ..options.clone()
+            },
+            "--top-k",
+        ),
+        (
+            GenerateOptions {
+                top_p: Some(1.5),
+                ..options.clone()
+            },
+            "--top-p",
+        ),
+    ] {
+        assert!(generate(&model, &[1], &bad, |_| true)
+            .unwrap_err()
+            .to_string()
+            .contains(expected));
+    }
+    assert!(generate(&model, &[], &options, |_| true)
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
+    assert!(generate(&model, &[25], &options, |_| true)
+        .unwrap_err()
+        .to_string()
+        .contains("25"));
+}

@@ -1,0 +1,71 @@
+//! LayerNorm and RMSNorm, written out so that they have gradients.
+//!
+//! candle-nn's fused `layer_norm` / `rms_norm` kernels have no backward pass: a model built on
+//! them trains everything *except* what sits behind them, silently. These formulas use only
+//! differentiable tensor operations. Both normalise in `f32`, whatever the input dtype: the mean
+//! of squares of thousands of `bf16` values loses too much precision.
+
+use candle_core::{Module, Tensor, D};
+
+use super::config::Norm as NormKind;
+use super::params::{Init, ParamBuilder};
+use crate::Result;
+
+/// Normalises the last dimension `C` of `(…, C)`.
+#[derive(Clone, Debug)]
+pub struct Norm {
+    kind: NormKind,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl Norm {
+    pub fn new(
+        p: &mut ParamBuilder,
+        name: &str,
+        kind: NormKind,
+        dim: usize,
+        bias: bool,
+        eps: f64,
+    ) -> Result<Self> {
+        let weight = p.get(&format!("{name}.weight"), &[dim], Init::Ones)?;
+        let bias = match (kind, bias) {
+            (NormKind::LayerNorm, true) => {
+                Some(p.get(&format!("{name}.bias"), &[dim], Init::Zeros)?)
+            }
+            _ => None,
+        };
+        Ok(Norm {
+            kind,
+            weight,
+            bias,
+            eps,
+        })
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(super::wide(dtype))?;
+        let x = match self.kind {
+            // (x - mean) / sqrt(var + eps)
+            NormKind::LayerNorm => {
+                let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+                centered.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            }
+            // x / sqrt(mean(x²) + eps)
+            NormKind::RmsNorm => {
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
+            }
+        };
+        let mut x = x.broadcast_mul(&self.weight.to_dtype(x.dtype())?)?;
+        if let Some(b) = &self.bias {
+            x = x.broadcast_add(&b.to_dtype(x.dtype())?)?;
+        }
+        x.to_dtype(dtype)
+    }
+}
