@@ -21,3 +21,136 @@ pub fn matmul_gflops(n: usize, repeats: usize) -> candle_core::Result<f64> {
     }
     Ok(2.0 * (n as f64).powi(3) / best / 1e9)
 }
+
+/// What `tinygpt bench train` measures.
+#[derive(Clone, Debug)]
+pub struct TrainBenchOptions {
+    pub config: crate::model::GptConfig,
+    pub device: Device,
+    pub dtype: candle_core::DType,
+    pub batch_size: usize,
+    pub block_size: usize,
+    /// Untimed steps first (kernel compilation, allocator warm-up).
+    pub warmup_steps: usize,
+    pub steps: usize,
+    /// The device's peak FLOP/s for MFU; `None` on the CPU = measure a 1024³ matmul.
+    pub peak_flops: Option<f64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainBenchReport {
+    pub device: String,
+    pub dtype: String,
+    pub params: usize,
+    pub batch_size: usize,
+    pub block_size: usize,
+    pub steps: usize,
+    pub step_ms: f64,
+    pub tokens_per_s: f64,
+    /// Model FLOPs per token (forward + backward) as nanoGPT counts them: 6·N + 12·L·C·T.
+    pub flops_per_token: f64,
+    pub peak_flops: f64,
+    /// Model FLOPs utilisation: achieved model FLOP/s over the peak.
+    pub mfu: f64,
+    pub first_loss: f32,
+    pub last_loss: f32,
+}
+
+/// Times full training steps — forward, backward, gradient-norm clipping, AdamW — on synthetic
+/// stories (random tokens, an end-of-text every ~200 tokens so the document mask does real work).
+pub fn train_throughput(o: &TrainBenchOptions) -> crate::Result<TrainBenchReport> {
+    use crate::data::loader::{document_ids, Batch};
+    use crate::model::Gpt;
+    use crate::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
+
+    let cfg = &o.config;
+    let (b, t) = (o.batch_size, o.block_size.min(cfg.block_size));
+    let mut model = Gpt::new(cfg, 1337, &o.device)?;
+    model.set_compute_dtype(o.dtype);
+    let mut rng = crate::rng::Rng::new(7);
+    let eos = 0u32;
+    let mut batch = Batch {
+        b,
+        t,
+        x: vec![],
+        y: vec![],
+        doc: vec![],
+        pos: vec![],
+    };
+    for _ in 0..b {
+        let row: Vec<u32> = (0..=t)
+            .map(|_| {
+                if rng.uniform() < 0.005 {
+                    eos
+                } else {
+                    1 + (rng.next_u64() % (cfg.vocab_size as u64 - 1)) as u32
+                }
+            })
+            .collect();
+        let (doc, pos) = document_ids(&row[..t], eos);
+        batch.x.extend(&row[..t]);
+        batch.y.extend(&row[1..]);
+        batch.doc.extend(doc);
+        batch.pos.extend(pos);
+    }
+    let data = batch.to_tensors(&o.device)?;
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let mut losses = vec![];
+    let step = |opt: &mut AdamW| -> crate::Result<f32> {
+        let loss = model.loss(&data)?;
+        let grads = loss.backward()?;
+        let norm = grad_norm(model.params(), &grads)?;
+        opt.step(model.params(), &grads, 1e-3, clip_factor(norm, 1.0))?;
+        Ok(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?)
+    };
+    for _ in 0..o.warmup_steps {
+        losses.push(step(&mut opt)?);
+    }
+    crate::device::synchronize(&o.device)?;
+    let start = Instant::now();
+    for _ in 0..o.steps.max(1) {
+        losses.push(step(&mut opt)?);
+    }
+    crate::device::synchronize(&o.device)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let summary = crate::model::ParamSummary::of(&model);
+    let flops_per_token =
+        6.0 * summary.without_wpe as f64 + 12.0 * (cfg.n_layer * cfg.n_embd * t) as f64;
+    let tokens_per_s = (b * t * o.steps.max(1)) as f64 / seconds;
+    let peak_flops = match o.peak_flops {
+        Some(p) => p,
+        None => matmul_gflops(1024, 5)? * 1e9,
+    };
+    Ok(TrainBenchReport {
+        device: format!("{:?}", o.device.location()),
+        dtype: format!("{:?}", o.dtype).to_lowercase(),
+        params: summary.total,
+        batch_size: b,
+        block_size: t,
+        steps: o.steps.max(1),
+        step_ms: seconds * 1e3 / o.steps.max(1) as f64,
+        tokens_per_s,
+        flops_per_token,
+        peak_flops,
+        mfu: tokens_per_s * flops_per_token / peak_flops,
+        first_loss: losses[0],
+        last_loss: *losses.last().unwrap(),
+    })
+}
+
+/// Tokens per second of KV-cache decoding (batch 1, greedy), after a one-token prompt.
+pub fn decode_tokens_per_s(
+    model: &crate::model::Gpt,
+    tokens: usize,
+    start: u32,
+) -> crate::Result<f64> {
+    let options = crate::model::GenerateOptions {
+        max_new_tokens: tokens,
+        temperature: 0.0,
+        ..Default::default()
+    };
+    crate::model::generate(model, &[start], &options, |_| true)?; // warm-up
+    let t0 = Instant::now();
+    let n = crate::model::generate(model, &[start], &options, |_| true)?.len();
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}

@@ -14,11 +14,13 @@
 pub mod atomic;
 pub mod bench;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod model;
 pub mod plot;
 pub mod rng;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::{Gpt, GptConfig};

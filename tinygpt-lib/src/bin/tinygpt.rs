@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use tinygpt::candle_core::Device;
 use tinygpt::data::{self, PrepareOptions, Source, Split};
+use tinygpt::model::{checkpoint, GenerateOptions, Gpt, GptConfig, ParamSummary};
 use tinygpt::Tokenizer;
 
 #[derive(Parser)]
@@ -44,6 +46,67 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Write a freshly initialised model checkpoint (config.json + model.safetensors).
+    Init {
+        /// One of the presets (see `tinygpt summary --help`): seed-61m, small, tiny, llama-small, …
+        #[arg(long)]
+        preset: String,
+        /// Seed of the initial weights (the same seed gives the same weights on every device).
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// A tokenizer.json to store with the model (its vocabulary must fit the preset's).
+        #[arg(long)]
+        tokenizer: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the parameter table of a preset or a checkpoint.
+    Summary {
+        #[arg(long, conflicts_with = "checkpoint", required_unless_present = "checkpoint", help = preset_help())]
+        preset: Option<String>,
+        /// A checkpoint folder (ours or Hugging Face) or a llama2.c .bin file.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Generate text (streamed) from a checkpoint.
+    Generate {
+        /// A checkpoint folder (ours or Hugging Face) or a llama2.c .bin file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The story's beginning; without it generation starts from the end-of-text/BOS token.
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Keep the k most likely tokens (0 = all).
+        #[arg(long, default_value_t = 50)]
+        top_k: usize,
+        /// Keep the most likely tokens up to this total probability.
+        #[arg(long)]
+        top_p: Option<f32>,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// `text`, or `ids` (needed for checkpoints without a tokenizer, such as llama2.c files).
+        #[arg(long, default_value = "text", value_parser = ["text", "ids"])]
+        format: String,
+        /// The id generation starts from (default: the tokenizer's end-of-text; 1 for llama2.c files).
+        #[arg(long)]
+        bos: Option<u32>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Convert a checkpoint (ours, or a llama2.c .bin) to Hugging Face format.
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "hf", value_parser = ["hf"])]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Measurements (results go to docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -60,6 +123,52 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         repeats: usize,
     },
+    /// Tokens/s and MFU of full training steps (forward, backward, clipping, AdamW).
+    Train {
+        #[arg(long, default_value = "small", help = preset_help())]
+        preset: String,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// auto (bf16 on a GPU, f32 on the CPU), f32, bf16 or f16.
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        /// Rows per step (default: 8 on the CPU, 32 on a GPU).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Tokens per row (default: the preset's context).
+        #[arg(long)]
+        block_size: Option<usize>,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup_steps: usize,
+        /// The device's peak TFLOP/s for MFU (default on the CPU: a measured 1024³ matmul;
+        /// required on a GPU, e.g. 989 for an H100/H200 SXM in bf16).
+        #[arg(long)]
+        peak_tflops: Option<f64>,
+        /// Print the result as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tokens/s of KV-cache decoding (batch 1, greedy) of a checkpoint or preset.
+    Decode {
+        #[arg(long, conflicts_with = "checkpoint", required_unless_present = "checkpoint", help = preset_help())]
+        preset: Option<String>,
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn preset_help() -> String {
+    let lines: Vec<String> = tinygpt::model::PRESETS
+        .iter()
+        .map(|(n, d)| format!("{n}: {d}"))
+        .collect();
+    format!("A model preset. {}", lines.join("; "))
 }
 
 fn main() -> ExitCode {
@@ -92,6 +201,134 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = data::prepare(&source, &tokenizer, &out, &options)?;
             print_prepare(&report, &out);
         }
+        Command::Init {
+            preset,
+            seed,
+            tokenizer,
+            out,
+        } => {
+            let config = GptConfig::preset(&preset)?;
+            let model = Gpt::new(&config, seed, &Device::Cpu)?;
+            let tokenizer = tokenizer.map(|t| Tokenizer::load(&t)).transpose()?;
+            checkpoint::save(&out, &model, tokenizer.as_ref())?;
+            println!(
+                "wrote {} ({preset}, seed {seed}, {} parameters)",
+                out.display(),
+                ParamSummary::of(&model).total
+            );
+        }
+        Command::Summary { preset, checkpoint } => {
+            let model = match (preset, checkpoint) {
+                (Some(p), _) => Gpt::new(&GptConfig::preset(&p)?, 0, &Device::Cpu)?,
+                (None, Some(c)) => checkpoint::load(&c, &Device::Cpu)?.model,
+                (None, None) => unreachable!("clap requires one"),
+            };
+            println!("{}", serde_json::to_string(model.config())?);
+            print!("{}", ParamSummary::of(&model));
+        }
+        Command::Generate {
+            checkpoint: path,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            format,
+            bos,
+            device,
+        } => {
+            generate(
+                &path,
+                prompt,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                &format,
+                bos,
+                &device,
+            )?;
+        }
+        Command::Export {
+            checkpoint: path,
+            format: _,
+            out,
+        } => {
+            let loaded = checkpoint::load(&path, &Device::Cpu)?;
+            tinygpt::model::hf::export(&loaded.model, loaded.tokenizer.as_ref(), &out)?;
+            let arch = tinygpt::model::hf::HfArch::of(loaded.model.config())?;
+            println!("wrote {} ({arch:?}); load it with transformers' AutoModelForCausalLM.from_pretrained", out.display());
+        }
+        Command::Bench {
+            what:
+                Bench::Train {
+                    preset,
+                    device,
+                    dtype,
+                    batch_size,
+                    block_size,
+                    steps,
+                    warmup_steps,
+                    peak_tflops,
+                    json,
+                },
+        } => {
+            let config = GptConfig::preset(&preset)?;
+            let device = tinygpt::device::parse_device(&device)?;
+            let dtype = tinygpt::device::parse_dtype(&dtype, &device)?;
+            if !device.is_cpu() && peak_tflops.is_none() {
+                anyhow::bail!("--peak-tflops is needed on a GPU to compute MFU (e.g. 989 for an H100/H200 SXM in bf16)");
+            }
+            let options = tinygpt::bench::TrainBenchOptions {
+                batch_size: batch_size.unwrap_or(if device.is_cpu() { 8 } else { 32 }),
+                block_size: block_size.unwrap_or(config.block_size),
+                config,
+                device,
+                dtype,
+                warmup_steps,
+                steps,
+                peak_flops: peak_tflops.map(|t| t * 1e12),
+            };
+            let r = tinygpt::bench::train_throughput(&options)?;
+            println!(
+                "train {preset} on {} ({}): batch {} x {}, {} params: {:.1} ms/step, {:.0} tokens/s, MFU {:.1}% of {:.1} TFLOP/s (loss {:.3} -> {:.3})",
+                r.device, r.dtype, r.batch_size, r.block_size, r.params, r.step_ms, r.tokens_per_s, 100.0 * r.mfu, r.peak_flops / 1e12, r.first_loss, r.last_loss
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Bench {
+            what:
+                Bench::Decode {
+                    preset,
+                    checkpoint,
+                    tokens,
+                    device,
+                },
+        } => {
+            let device = tinygpt::device::parse_device(&device)?;
+            let (model, start, what) = match (preset, checkpoint) {
+                (Some(p), _) => (Gpt::new(&GptConfig::preset(&p)?, 0, &device)?, 0, p),
+                (None, Some(c)) => (
+                    checkpoint::load(&c, &device)?.model,
+                    if c.is_file() { 1 } else { 0 },
+                    c.display().to_string(),
+                ),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let tps = tinygpt::bench::decode_tokens_per_s(
+                &model,
+                tokens.min(model.config().block_size - 1),
+                start,
+            )?;
+            println!(
+                "decode {what} on {:?}: {tps:.0} tokens/s (batch 1, greedy, KV cache)",
+                device.location()
+            );
+        }
         Command::Bench {
             what: Bench::Matmul { size, repeats },
         } => {
@@ -101,6 +338,88 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `tinygpt generate`: streams tokens to stdout as they come.
+#[allow(clippy::too_many_arguments)]
+fn generate(
+    path: &std::path::Path,
+    prompt: Option<String>,
+    max_new_tokens: usize,
+    temperature: f32,
+    top_k: usize,
+    top_p: Option<f32>,
+    seed: u64,
+    format: &str,
+    bos: Option<u32>,
+    device: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let device = tinygpt::device::parse_device(device)?;
+    let loaded = checkpoint::load(path, &device)?;
+    let tok = loaded.tokenizer.as_ref();
+    if tok.is_none() && format == "text" {
+        anyhow::bail!(
+            "{} has no tokenizer: pass --format ids (and a prompt as ids is not supported)",
+            path.display()
+        );
+    }
+    let start = bos.or(tok.map(|t| t.eos_id())).unwrap_or(1);
+    let mut ids = vec![start];
+    if let Some(p) = &prompt {
+        let Some(t) = tok else {
+            anyhow::bail!(
+                "--prompt needs a checkpoint with a tokenizer; {} has none",
+                path.display()
+            )
+        };
+        ids.extend(t.encode(p)?);
+    }
+    let options = GenerateOptions {
+        max_new_tokens,
+        temperature,
+        top_k: (top_k > 0).then_some(top_k),
+        top_p,
+        seed,
+        stop_token: tok.map(|t| t.eos_id()),
+    };
+    let mut out = std::io::stdout().lock();
+    if let (Some(p), "text") = (&prompt, format) {
+        write!(out, "{p}")?;
+    }
+    // Decode the whole text so far each time and print what is new: a token can end in the
+    // middle of a UTF-8 character, which only the next token completes.
+    let mut generated: Vec<u32> = vec![];
+    let mut printed = 0;
+    let mut failure: Option<anyhow::Error> = None;
+    tinygpt::model::generate(&loaded.model, &ids, &options, |id| {
+        let result = (|| -> anyhow::Result<()> {
+            if format == "ids" {
+                write!(out, "{id} ")?;
+            } else if Some(id) != options.stop_token {
+                generated.push(id);
+                let text = tok.unwrap().decode(&generated)?;
+                if !text.ends_with('\u{FFFD}') {
+                    write!(out, "{}", &text[printed..])?;
+                    printed = text.len();
+                }
+            }
+            out.flush()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    writeln!(out)?;
     Ok(())
 }
 

@@ -193,20 +193,20 @@ impl GptConfig {
                 return bad(format!("{name} must be at least 1"));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd {} is not divisible by n_head {}: every head needs the same width",
                 self.n_embd, self.n_head
             ));
         }
-        if self.n_head % self.n_kv_head != 0 {
+        if !self.n_head.is_multiple_of(self.n_kv_head) {
             return bad(format!(
                 "n_head {} is not divisible by n_kv_head {}: each key/value head serves a whole group of query heads",
                 self.n_head, self.n_kv_head
             ));
         }
         if let Positions::Rope { theta } = self.positions {
-            if self.head_dim() % 2 != 0 {
+            if !self.head_dim().is_multiple_of(2) {
                 return bad(format!(
                     "rotary embeddings rotate pairs of numbers, but the head width {} is odd",
                     self.head_dim()
@@ -244,12 +244,12 @@ mod tests {
     #[test]
     fn config_errors_name_the_numbers() {
         let c = GptConfig {
-            n_kv_head: 3,
+            n_kv_head: 4,
             ..GptConfig::preset("small").unwrap()
         };
         let err = c.validate().unwrap_err().to_string();
         assert!(
-            err.contains("n_head 6") && err.contains("n_kv_head 3"),
+            err.contains("n_head 6") && err.contains("n_kv_head 4"),
             "{err}"
         );
         let c = GptConfig {

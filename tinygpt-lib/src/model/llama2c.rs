@@ -78,7 +78,7 @@ impl Header {
             shared_classifier: vocab > 0,
             seq_len: seq as usize,
         };
-        if h.dim % h.n_heads != 0 || h.n_heads % h.n_kv_heads != 0 {
+        if !h.dim.is_multiple_of(h.n_heads) || !h.n_heads.is_multiple_of(h.n_kv_heads) {
             return Err(bad(format!(
                 "dim {} / n_heads {} / n_kv_heads {} do not divide evenly",
                 h.dim, h.n_heads, h.n_kv_heads

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the CUDA binaries that scripts/gpu-check.sh runs on a GPU machine, into
+# gpu/tinygpt-gpu.tar.gz (git-ignored; small enough for the device tool to carry).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ -d .cuda/venv ]] || scripts/cuda-env.sh setup
+FEATURES="${FEATURES:-cuda,nccl}"
+scripts/cuda-env.sh cargo build --release --features "$FEATURES" -p tinygpt --bin tinygpt
+TEST="$(scripts/cuda-env.sh cargo test --release --features cuda -p tinygpt-tests --test cuda --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda": print(m["executable"])')"
+rm -rf gpu/stage && mkdir -p gpu/stage
+cp target/release/tinygpt gpu/stage/tinygpt
+cp "$TEST" gpu/stage/cuda-tests
+strip gpu/stage/*
+tar czf gpu/tinygpt-gpu.tar.gz -C gpu/stage .
+ls -la gpu/tinygpt-gpu.tar.gz

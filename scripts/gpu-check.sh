@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU check, run on a lent GPU machine (no network there) by the `device` tool:
+#
+#   scripts/gpu-build.sh                     # here: builds gpu/tinygpt-gpu.tar.gz (CUDA binaries)
+#   scripts/gpu-check.sh                     # there: CUDA tests, tinygpt vs PyTorch, a table
+#
+# It uses the CUDA 13 libraries of the machine's PyTorch install (libcuda comes from the driver).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu-check}"
+mkdir -p "$OUT" gpu/bin
+tar xzf gpu/tinygpt-gpu.tar.gz -C gpu/bin
+BIN=gpu/bin/tinygpt
+PY="${PYTHON:-python3}"
+
+# CUDA libraries: every lib folder of the nvidia-* wheels and torch's own.
+SITE="$("$PY" -c 'import site; print(" ".join(site.getsitepackages()))')"
+LIBS="$(for s in $SITE; do ls -d "$s"/nvidia/*/lib "$s"/nvidia/cu13/lib "$s"/torch/lib 2>/dev/null; done | sort -u | tr '\n' ':')"
+export LD_LIBRARY_PATH="${LIBS}${LD_LIBRARY_PATH:-}"
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+case "$NAME" in
+  *H100*PCIe*) PEAK=756 ;;
+  *H100*|*H200*) PEAK=989 ;;   # SXM, bf16 dense
+  *4090*) PEAK=165 ;;
+  *A100*) PEAK=312 ;;
+  *) PEAK=989 ;;
+esac
+echo "bf16 dense peak used for MFU: $PEAK TFLOP/s ($NAME)"
+if ! ldd "$BIN" | grep -q "not found"; then echo "libraries: all found"; else ldd "$BIN" | grep "not found"; fi
+
+echo "== CUDA tests (GPU vs CPU logits and gradients, bf16 vs f32, packed == separate, KV cache)"
+gpu/bin/cuda-tests --test-threads 1 > "$OUT/cuda-tests.txt" 2>&1
+TESTS=$?
+tail -8 "$OUT/cuda-tests.txt"
+
+run() { echo "\$ $*"; timeout 240 "$@" 2>&1 | tee -a "$OUT/log.txt" | tail -3; }
+echo "== tinygpt: seed-61m training step throughput"
+run "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json
+OURS="$(tail -1 "$OUT/log.txt")"
+echo "== PyTorch reference, same model and batch"
+run "$PY" scripts/torch_reference.py --preset seed-61m --batch-size 32 --steps 20 --mask document --peak-tflops "$PEAK"
+TORCH_DOC="$(tail -1 "$OUT/log.txt")"
+run "$PY" scripts/torch_reference.py --preset seed-61m --batch-size 32 --steps 20 --mask causal --peak-tflops "$PEAK"
+TORCH_CAUSAL="$(tail -1 "$OUT/log.txt")"
+
+echo "== summary ($NAME)"
+"$PY" - "$OURS" "$TORCH_DOC" "$TORCH_CAUSAL" <<'PY'
+import json, sys
+rows = []
+for label, line in zip(["tinygpt bf16 (document mask)", "pytorch bf16 sdpa (document mask)", "pytorch bf16 sdpa (causal only)"], sys.argv[1:]):
+    try:
+        r = json.loads(line)
+        rows.append((label, r["tokens_per_s"], r["mfu"]))
+    except Exception:
+        rows.append((label, float("nan"), float("nan")))
+print(f"{'implementation':38} {'tokens/s':>12} {'MFU':>7} {'vs torch(doc)':>14}")
+for label, tps, mfu in rows:
+    print(f"{label:38} {tps:12.0f} {100 * mfu:6.1f}% {tps / rows[1][1]:13.2f}x")
+PY
+exit $TESTS

@@ -1,0 +1,185 @@
+//! The model on a CUDA GPU, against the same model on the CPU. Compiled only with
+//! `--features cuda` (run by `scripts/gpu-check.sh` on a GPU machine).
+#![cfg(feature = "cuda")]
+
+use tinygpt::candle_core::{DType, Device, Tensor};
+use tinygpt::data::loader::{document_ids, Batch};
+use tinygpt::model::{Gpt, GptConfig, KvCache};
+
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("a CUDA GPU (these tests run on GPU machines only)")
+}
+
+fn configs() -> Vec<GptConfig> {
+    vec![
+        GptConfig::gpt2(2, 4, 64, 64, 96),
+        GptConfig::llama(2, 4, 2, 64, 96, 64, 96),
+    ]
+}
+
+fn sample_batch() -> Batch {
+    let rows: Vec<Vec<u32>> = (0..3u32)
+        .map(|r| {
+            (0..65u32)
+                .map(|i| {
+                    if (i + 7 * r) % 23 == 0 {
+                        0
+                    } else {
+                        (i * 31 + r * 17) % 95 + 1
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let t = 64;
+    let mut b = Batch {
+        b: rows.len(),
+        t,
+        x: vec![],
+        y: vec![],
+        doc: vec![],
+        pos: vec![],
+    };
+    for row in &rows {
+        let (doc, pos) = document_ids(&row[..t], 0);
+        b.x.extend(&row[..t]);
+        b.y.extend(&row[1..]);
+        b.doc.extend(doc);
+        b.pos.extend(pos);
+    }
+    b
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn gpu_logits_and_gradients_match_the_cpu() {
+    let batch = sample_batch();
+    for cfg in configs() {
+        let cpu = Gpt::new(&cfg, 1, &Device::Cpu).unwrap();
+        let cuda = Gpt::new(&cfg, 1, &gpu()).unwrap();
+        let (bc, bg) = (
+            batch.to_tensors(&Device::Cpu).unwrap(),
+            batch.to_tensors(&gpu()).unwrap(),
+        );
+        let lc = cpu.forward(&bc.x, &bc.doc, &bc.pos).unwrap();
+        let lg = cuda.forward(&bg.x, &bg.doc, &bg.pos).unwrap();
+        assert!(
+            max_abs_diff(&lc, &lg) < 1e-3,
+            "{cfg:?}: logits differ by {}",
+            max_abs_diff(&lc, &lg)
+        );
+        let gc = cpu.loss(&bc).unwrap().backward().unwrap();
+        let gg = cuda.loss(&bg).unwrap().backward().unwrap();
+        for (name, var) in cuda.params().iter() {
+            let g = gg
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name} on the GPU"));
+            let reference = gc.get(cpu.params().get(name).unwrap().as_tensor()).unwrap();
+            let scale = max_abs_diff(reference, &reference.zeros_like().unwrap()).max(1e-6);
+            assert!(
+                max_abs_diff(g, reference) / scale < 1e-3,
+                "{name}: GPU gradient differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_loss_agrees_with_f32_and_every_weight_gets_a_gradient() {
+    let batch = sample_batch().to_tensors(&gpu()).unwrap();
+    for cfg in configs() {
+        let mut model = Gpt::new(&cfg, 2, &gpu()).unwrap();
+        let f32_loss = model.loss(&batch).unwrap().to_scalar::<f32>().unwrap();
+        model.set_compute_dtype(DType::BF16);
+        let loss = model.loss(&batch).unwrap();
+        let bf16_loss = loss
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (f32_loss - bf16_loss).abs() < 0.02 * f32_loss,
+            "f32 {f32_loss} vs bf16 {bf16_loss}"
+        );
+        let grads = loss.backward().unwrap();
+        for (name, var) in model.params().iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("bf16: no gradient for {name}"));
+            assert_eq!(g.dtype(), DType::F32, "{name}: master gradients are f32");
+            let v: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                v.iter().all(|x| x.is_finite()) && v.iter().any(|&x| x != 0.0),
+                "bf16: bad gradient for {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_packed_rows_equal_separate_stories_and_kv_cache_equals_recompute() {
+    let dev = gpu();
+    let stories = [
+        vec![0u32, 5, 9, 3, 7],
+        vec![0, 12, 30, 2, 2, 8, 21],
+        vec![0, 39, 1, 4],
+    ];
+    let packed: Vec<u32> = stories.concat();
+    let (doc, pos) = document_ids(&packed, 0);
+    let row = |v: &[u32]| Tensor::from_slice(v, (1, v.len()), &dev).unwrap();
+    for cfg in configs() {
+        let model = Gpt::new(&cfg, 3, &dev).unwrap();
+        let logits = model
+            .forward(&row(&packed), &row(&doc), &row(&pos))
+            .unwrap();
+        let mut start = 0;
+        for s in &stories {
+            let n = s.len();
+            let alone = model
+                .forward(
+                    &row(s),
+                    &row(&vec![0; n]),
+                    &row(&(0..n as u32).collect::<Vec<_>>()),
+                )
+                .unwrap();
+            assert!(max_abs_diff(&logits.narrow(1, start, n).unwrap(), &alone) < 1e-4);
+            start += n;
+        }
+        let s = &packed[..9];
+        let full = model
+            .forward(&row(s), &row(&[0; 9]), &row(&(0..9).collect::<Vec<_>>()))
+            .unwrap();
+        let mut cache = KvCache::default();
+        for i in 0..s.len() {
+            let step = model
+                .forward_cached(&row(&s[i..i + 1]), &mut cache)
+                .unwrap();
+            assert!(
+                max_abs_diff(&step, &full.narrow(1, i, 1).unwrap().squeeze(1).unwrap()) < 1e-4,
+                "KV cache step {i}"
+            );
+        }
+    }
+}

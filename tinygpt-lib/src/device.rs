@@ -1,0 +1,51 @@
+//! Choosing where tensors live: `--device cpu`, `cuda` or `cuda:N`.
+
+use candle_core::{DType, Device};
+
+use crate::{Error, Result};
+
+/// Parses a device spec. `cuda:N` needs a binary built with `--features cuda`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let index = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        s => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "--device {spec}: expected cpu, cuda or cuda:N (e.g. cuda:0)"
+                )))
+            }
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(Error::Invalid(format!(
+            "--device {spec}: this binary was built without CUDA; build it with `scripts/cuda-env.sh cargo build --release --features cuda`"
+        )));
+    }
+    Device::new_cuda(index)
+        .map_err(|e| Error::Invalid(format!("--device {spec}: cannot open the GPU ({e})")))
+}
+
+/// Parses `--dtype`: `f32`, `bf16` or `f16`; `auto` means bf16 on a GPU and f32 on the CPU.
+pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType> {
+    Ok(match spec {
+        "auto" if device.is_cpu() => DType::F32,
+        "auto" | "bf16" => DType::BF16,
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        _ => {
+            return Err(Error::Invalid(format!(
+                "--dtype {spec}: expected auto, f32, bf16 or f16"
+            )))
+        }
+    })
+}
+
+/// Waits until the device has finished its queued work (for timing).
+pub fn synchronize(device: &Device) -> Result<()> {
+    Ok(device.synchronize()?)
+}
