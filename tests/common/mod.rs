@@ -100,5 +100,16 @@ pub fn hub_cache(root: &Path) -> PathBuf {
     let snapshot = model.join("snapshots").join(commit);
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::copy(gpt2_tokenizer(), snapshot.join("tokenizer.json")).unwrap();
+
+    let model = hub.join("models--karpathy--tinyllamas");
+    std::fs::create_dir_all(model.join("refs")).unwrap();
+    std::fs::write(model.join("refs/main"), commit).unwrap();
+    let snapshot = model.join("snapshots").join(commit).join("stories260K");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::copy(
+        shared().join("data/models/stories260K/stories260K.bin"),
+        snapshot.join("stories260K.bin"),
+    )
+    .unwrap();
     root.to_owned()
 }

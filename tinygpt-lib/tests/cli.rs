@@ -123,3 +123,169 @@ fn hub_path_runs_offline_from_a_populated_cache() {
         "a failed run leaves the shards alone"
     );
 }
+
+fn stdout_of(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "tinygpt failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn model_commands_init_summary_generate_export() {
+    let dir = scratch("model");
+    let ckpt = dir.join("tiny");
+    let tok = gpt2_tokenizer();
+    // A tiny model with GPT-2's vocabulary does not fit: the tokenizer has 50,257 ids.
+    let output = run_tinygpt(
+        &[
+            "init",
+            "--preset",
+            "tiny",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--out",
+            ckpt.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("50257") && stderr.contains("4096"),
+        "{stderr}"
+    );
+    // seed-61m fits it.
+    let seed = dir.join("seed");
+    let out = stdout_of(&run_tinygpt(
+        &[
+            "init",
+            "--preset",
+            "seed-61m",
+            "--seed",
+            "3",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--out",
+            seed.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(out.contains("63847424 parameters"), "{out}");
+    let summary = stdout_of(&run_tinygpt(
+        &["summary", "--checkpoint", seed.to_str().unwrap()],
+        &[],
+    ));
+    assert!(
+        summary.contains("total: 63,847,424 parameters") && summary.contains("89,603,072"),
+        "{summary}"
+    );
+    // Generation streams text after the prompt; the same seed gives the same text.
+    let args = [
+        "generate",
+        "--checkpoint",
+        seed.to_str().unwrap(),
+        "--prompt",
+        "Once upon a time",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "5",
+    ];
+    let text = stdout_of(&run_tinygpt(&args, &[]));
+    assert!(
+        text.starts_with("Once upon a time") && text.len() > "Once upon a time".len(),
+        "{text}"
+    );
+    assert_eq!(text, stdout_of(&run_tinygpt(&args, &[])));
+    // Export to Hugging Face format.
+    let hf = dir.join("hf");
+    let out = stdout_of(&run_tinygpt(
+        &[
+            "export",
+            "--checkpoint",
+            seed.to_str().unwrap(),
+            "--out",
+            hf.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(
+        out.contains("Gpt2")
+            && hf.join("model.safetensors").is_file()
+            && hf.join("tokenizer.json").is_file(),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn llama2c_checkpoints_generate_ids_and_export_as_llama() {
+    let dir = scratch("llama2c");
+    let bin = shared().join("data/models/stories260K/stories260K.bin");
+    let out = stdout_of(&run_tinygpt(
+        &[
+            "generate",
+            "--checkpoint",
+            bin.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+            "--format",
+            "ids",
+        ],
+        &[],
+    ));
+    assert_eq!(out.trim(), "461 461 401 401 401 461");
+    // Without a tokenizer, text output is refused with the fix.
+    let output = run_tinygpt(&["generate", "--checkpoint", bin.to_str().unwrap()], &[]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--format ids"));
+    // By name, from the (offline) hub cache.
+    let hf_home = hub_cache(&dir.join("hf-home"));
+    let out = stdout_of(&run_tinygpt(
+        &[
+            "generate",
+            "--checkpoint",
+            "stories260K",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "3",
+            "--format",
+            "ids",
+        ],
+        &[("HF_HOME", &hf_home)],
+    ));
+    assert_eq!(out.trim(), "461 461 401");
+    let hf = dir.join("hf");
+    let out = stdout_of(&run_tinygpt(
+        &[
+            "export",
+            "--checkpoint",
+            bin.to_str().unwrap(),
+            "--out",
+            hf.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(out.contains("Llama"), "{out}");
+    let config = std::fs::read_to_string(hf.join("config.json")).unwrap();
+    assert!(
+        config.contains("\"num_key_value_heads\": 4")
+            && config.contains("\"intermediate_size\": 172"),
+        "{config}"
+    );
+    // A name that is neither a file nor a known model.
+    let output = run_tinygpt(
+        &[
+            "summary",
+            "--checkpoint",
+            dir.join("nothing").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -218,11 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Summary { preset, checkpoint } => {
-            let model = match (preset, checkpoint) {
-                (Some(p), _) => Gpt::new(&GptConfig::preset(&p)?, 0, &Device::Cpu)?,
-                (None, Some(c)) => checkpoint::load(&c, &Device::Cpu)?.model,
-                (None, None) => unreachable!("clap requires one"),
-            };
+            let (model, _, _) = model_from(preset, checkpoint, &Device::Cpu)?;
             println!("{}", serde_json::to_string(model.config())?);
             print!("{}", ParamSummary::of(&model));
         }
@@ -310,15 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let device = tinygpt::device::parse_device(&device)?;
-            let (model, start, what) = match (preset, checkpoint) {
-                (Some(p), _) => (Gpt::new(&GptConfig::preset(&p)?, 0, &device)?, 0, p),
-                (None, Some(c)) => (
-                    checkpoint::load(&c, &device)?.model,
-                    if c.is_file() { 1 } else { 0 },
-                    c.display().to_string(),
-                ),
-                (None, None) => unreachable!("clap requires one"),
-            };
+            let (model, start, what) = model_from(preset, checkpoint, &device)?;
             let tps = tinygpt::bench::decode_tokens_per_s(
                 &model,
                 tokens.min(model.config().block_size - 1),
@@ -339,6 +327,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The model of `--preset` (fresh weights) or `--checkpoint`, with the token stories start from
+/// and a name for messages.
+fn model_from(
+    preset: Option<String>,
+    checkpoint: Option<PathBuf>,
+    device: &Device,
+) -> anyhow::Result<(Gpt, u32, String)> {
+    Ok(match (preset, checkpoint) {
+        (Some(p), _) => (Gpt::new(&GptConfig::preset(&p)?, 0, device)?, 0, p),
+        (None, Some(c)) => {
+            let loaded = checkpoint::load(&c, device)?;
+            let start = loaded.start_token();
+            (loaded.model, start, c.display().to_string())
+        }
+        (None, None) => anyhow::bail!("pass --preset or --checkpoint"),
+    })
 }
 
 /// `tinygpt generate`: streams tokens to stdout as they come.
@@ -365,7 +371,7 @@ fn generate(
             path.display()
         );
     }
-    let start = bos.or(tok.map(|t| t.eos_id())).unwrap_or(1);
+    let start = bos.unwrap_or(loaded.start_token());
     let mut ids = vec![start];
     if let Some(p) = &prompt {
         let Some(t) = tok else {

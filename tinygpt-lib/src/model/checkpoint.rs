@@ -53,6 +53,14 @@ pub struct Loaded {
     pub tokenizer: Option<Tokenizer>,
 }
 
+impl Loaded {
+    /// The token a story starts from: the tokenizer's end-of-text (every story is stored as
+    /// `EOS story`), or llama2.c's BOS (id 1) for a checkpoint without a tokenizer.
+    pub fn start_token(&self) -> u32 {
+        self.tokenizer.as_ref().map_or(1, |t| t.eos_id())
+    }
+}
+
 /// Saves `model` (and `tokenizer`) into the folder `dir`, creating it if needed.
 pub fn save(dir: &Path, model: &Gpt, tokenizer: Option<&Tokenizer>) -> Result<()> {
     if let Some(tok) = tokenizer {
@@ -76,8 +84,23 @@ pub fn save(dir: &Path, model: &Gpt, tokenizer: Option<&Tokenizer>) -> Result<()
 }
 
 /// Loads a checkpoint for the CLI and notebooks: one of our folders, a Hugging Face folder
-/// (GPT-2 or Llama `config.json`, see [`super::hf`]), or a llama2.c `.bin` file.
+/// (GPT-2 or Llama `config.json`, see [`super::hf`]), a llama2.c `.bin` file, or the name of
+/// one of karpathy's `tinyllamas` (`stories260K`, `stories15M`, …; from the hub).
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    if !path.exists() {
+        if let Some(file) = path
+            .to_str()
+            .map(super::llama2c::tinyllamas)
+            .transpose()?
+            .flatten()
+        {
+            return Ok(Loaded {
+                model: super::llama2c::load(&file, device)?,
+                tokenizer: None,
+            });
+        }
+        return Err(Error::data(path, "does not exist: pass a checkpoint folder, a llama2.c .bin file or a tinyllamas name (stories260K, stories15M, stories42M, stories110M)"));
+    }
     if path.is_file() {
         return Ok(Loaded {
             model: super::llama2c::load(path, device)?,

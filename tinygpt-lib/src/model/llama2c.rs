@@ -132,6 +132,28 @@ impl Header {
     }
 }
 
+/// karpathy's TinyStories Llama checkpoints on the hub (repository `karpathy/tinyllamas`),
+/// by the name `--checkpoint` accepts, with their file inside the repository.
+pub const TINYLLAMAS: &[(&str, &str)] = &[
+    ("stories260K", "stories260K/stories260K.bin"),
+    ("stories15M", "stories15M.bin"),
+    ("stories42M", "stories42M.bin"),
+    ("stories110M", "stories110M.bin"),
+];
+
+/// The local path of a `tinyllamas` checkpoint by name (downloaded once into the hf-hub cache),
+/// or `None` if `name` is not one of [`TINYLLAMAS`].
+pub fn tinyllamas(name: &str) -> Result<Option<std::path::PathBuf>> {
+    match TINYLLAMAS.iter().find(|(n, _)| *n == name) {
+        Some((_, file)) => Ok(Some(crate::data::source::hub_file(
+            "karpathy/tinyllamas",
+            "model",
+            file,
+        )?)),
+        None => Ok(None),
+    }
+}
+
 /// Loads a llama2.c `.bin` file as a [`Gpt`].
 pub fn load(path: &Path, device: &Device) -> Result<Gpt> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
