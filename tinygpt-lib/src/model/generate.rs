@@ -7,8 +7,9 @@
 //! - `top_k`: keep only the k most likely tokens.
 //! - `top_p` (nucleus): keep the most likely tokens until their probabilities add up to p.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
+use super::decode::CpuDecoder;
 use super::gpt::{Gpt, KvCache};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -131,12 +132,15 @@ pub fn argmax(values: &[f32]) -> u32 {
 ///
 /// A prompt longer than the context keeps its *last* `block_size` tokens. When the context is
 /// full, the oldest token is dropped and the window is run again from scratch (positions must
-/// restart at 0), so each further token costs a full forward pass over the window.
+/// restart at 0), so each further token costs a full pass over the window.
+///
+/// On the CPU in f32 the steps run on [`CpuDecoder`] (plain loops, much faster for one token at a
+/// time); elsewhere on the model's tensors with a [`KvCache`]. Both give the same logits.
 pub fn generate(
     model: &Gpt,
     prompt: &[u32],
     options: &GenerateOptions,
-    mut on_token: impl FnMut(u32) -> bool,
+    on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     options.validate()?;
     if prompt.is_empty() {
@@ -144,29 +148,80 @@ pub fn generate(
             "the prompt is empty: start with the end-of-text (BOS) token".into(),
         ));
     }
-    let block_size = model.config().block_size;
     let vocab = model.config().vocab_size as u32;
     if let Some(&bad) = prompt.iter().find(|&&id| id >= vocab) {
         return Err(Error::Invalid(format!(
             "prompt token id {bad} is outside the model's vocabulary of {vocab}"
         )));
     }
+    if model.device().is_cpu() && model.compute_dtype() == DType::F32 {
+        let mut decoder = CpuDecoder::new(model)?;
+        let mut stepper = |tokens: &[u32], restart: bool| -> Result<Vec<f32>> {
+            if restart {
+                decoder.reset();
+            }
+            let mut logits = vec![];
+            for &t in tokens {
+                logits = decoder.step(t)?;
+            }
+            Ok(logits)
+        };
+        sample_loop(
+            model.config().block_size,
+            prompt,
+            options,
+            &mut stepper,
+            on_token,
+        )
+    } else {
+        let mut cache = KvCache::default();
+        let mut stepper = |tokens: &[u32], restart: bool| -> Result<Vec<f32>> {
+            if restart {
+                cache = KvCache::default();
+            }
+            let idx = Tensor::from_slice(tokens, (1, tokens.len()), model.device())?;
+            Ok(model
+                .forward_cached(&idx, &mut cache)?
+                .squeeze(0)?
+                .to_dtype(DType::F32)?
+                .to_vec1()?)
+        };
+        sample_loop(
+            model.config().block_size,
+            prompt,
+            options,
+            &mut stepper,
+            on_token,
+        )
+    }
+}
+
+/// The generation loop. `step(tokens, restart)` feeds tokens after those already cached (after
+/// none when `restart`) and returns the logits of the next token.
+fn sample_loop(
+    block_size: usize,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    step: &mut dyn FnMut(&[u32], bool) -> Result<Vec<f32>>,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
     let mut sampler = Sampler::new(options);
     let mut tokens = prompt.to_vec();
     let mut new_tokens = Vec::new();
-    let mut cache = KvCache::default();
+    let mut cached = 0;
     let mut pending: Vec<u32> = tokens[tokens.len().saturating_sub(block_size)..].to_vec();
+    let mut restart = true;
     while new_tokens.len() < options.max_new_tokens {
-        if cache.len() + pending.len() > block_size {
-            cache = KvCache::default();
-            pending = tokens[tokens.len() - (block_size)..].to_vec();
+        if cached + pending.len() > block_size {
+            pending = tokens[tokens.len() - block_size..].to_vec();
+            restart = true;
         }
-        let idx = Tensor::from_vec(pending.clone(), (1, pending.len()), model.device())?;
-        let logits: Vec<f32> = model
-            .forward_cached(&idx, &mut cache)?
-            .squeeze(0)?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
+        if restart {
+            cached = 0;
+        }
+        let logits = step(&pending, restart)?;
+        cached += pending.len();
+        restart = false;
         let next = sampler.sample(&logits);
         tokens.push(next);
         new_tokens.push(next);

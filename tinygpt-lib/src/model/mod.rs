@@ -8,6 +8,7 @@ pub mod attention;
 pub mod block;
 pub mod checkpoint;
 pub mod config;
+pub mod decode;
 pub mod generate;
 pub mod gpt;
 pub mod hf;
