@@ -800,3 +800,52 @@ fn cpu_decoder_gives_the_logits_of_the_tensor_model_at_every_step() {
         assert_eq!(fast, slow, "{name}");
     }
 }
+
+#[test]
+fn fused_cpu_kernels_equal_the_composed_formulas_in_value_and_gradient() {
+    let dev = Device::Cpu;
+    // Softmax with a document mask, (B, H, T, T) scores.
+    let rows = sample_rows();
+    let data = batch(&rows).to_tensors(&dev).unwrap();
+    let t = data.x.dim(1).unwrap();
+    let mask = model::attention::document_mask(&data.doc, DType::F64).unwrap();
+    let scores = Var::from_tensor(&Tensor::randn(0f64, 2.0, (2, 3, t, t), &dev).unwrap()).unwrap();
+    let weights = Tensor::randn(0f64, 1.0, (2, 3, t, t), &dev).unwrap();
+    let fused = model::fused::masked_softmax(&scores, &mask).unwrap();
+    let composed =
+        model::attention::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
+    assert!(max_abs_diff(&fused, &composed) < 1e-12);
+    let g1 = (fused * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g2 = (composed * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(max_abs_diff(g1.get(&scores).unwrap(), g2.get(&scores).unwrap()) < 1e-12);
+    // Cross-entropy with an ignored target.
+    let logits = Var::from_tensor(&Tensor::randn(0f64, 3.0, (6, 11), &dev).unwrap()).unwrap();
+    let targets = Tensor::new(&[3u32, 0, 10, u32::MAX, 7, 7], &dev).unwrap();
+    let (sum, count) = model::cross_entropy_sum(&logits, &targets).unwrap();
+    let (sum2, count2) = model::gpt::cross_entropy_composed(&logits, &targets).unwrap();
+    assert_eq!(count.to_scalar::<f64>().unwrap(), 5.0);
+    assert_eq!(count2.to_scalar::<f64>().unwrap(), 5.0);
+    assert!((sum.to_scalar::<f64>().unwrap() - sum2.to_scalar::<f64>().unwrap()).abs() < 1e-12);
+    let g1 = sum.backward().unwrap();
+    let g2 = sum2.backward().unwrap();
+    let (a, b) = (g1.get(&logits).unwrap(), g2.get(&logits).unwrap());
+    assert!(max_abs_diff(a, b) < 1e-12);
+    // The ignored row gets no gradient; the others sum to 0 (softmax minus one-hot).
+    let rows: Vec<Vec<f64>> = a.to_vec2().unwrap();
+    assert!(rows[3].iter().all(|&v| v == 0.0));
+    assert!(rows[0].iter().sum::<f64>().abs() < 1e-12);
+    // A hand-computed value: uniform logits over 11 classes cost ln 11 each.
+    let uniform = Tensor::zeros((2, 11), DType::F32, &dev).unwrap();
+    let loss = model::cross_entropy(&uniform, &Tensor::new(&[1u32, 2], &dev).unwrap()).unwrap();
+    assert!((loss.to_scalar::<f32>().unwrap() - 11f32.ln()).abs() < 1e-6);
+}

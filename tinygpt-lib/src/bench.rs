@@ -154,3 +154,138 @@ pub fn decode_tokens_per_s(
     let n = crate::model::generate(model, &[start], &options, |_| true)?.len();
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
+
+/// Where the time of a training step goes: the step's phases (forward, backward, gradient norm,
+/// optimizer) and the model's building blocks timed alone at the same shapes, each forward +
+/// backward, synchronised, as milliseconds per call. A profile for finding what to optimise.
+pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>> {
+    use crate::model::attention::{document_mask, softmax_last_dim, Attention};
+    use crate::model::linear::Linear;
+    use crate::model::norm::Norm;
+    use crate::model::params::{ParamBuilder, WeightSource};
+    use crate::model::Gpt;
+    use crate::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
+    use candle_core::{DType, Module, Var};
+
+    let cfg = &o.config;
+    let (b, t, c, dev, dt) = (
+        o.batch_size,
+        o.block_size.min(cfg.block_size),
+        cfg.n_embd,
+        &o.device,
+        o.dtype,
+    );
+    let reps = o.steps.max(1);
+    let mut rows = vec![];
+    let mut time = |label: &str, f: &mut dyn FnMut() -> crate::Result<()>| -> crate::Result<()> {
+        f()?; // warm-up
+        crate::device::synchronize(dev)?;
+        let start = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        crate::device::synchronize(dev)?;
+        rows.push((
+            label.to_string(),
+            start.elapsed().as_secs_f64() * 1e3 / reps as f64,
+        ));
+        Ok(())
+    };
+    let mut model = Gpt::new(cfg, 1, dev)?;
+    model.set_compute_dtype(dt);
+    let mut rng = crate::rng::Rng::new(3);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32)
+        .collect();
+    let doc: Vec<u32> = (0..b * t).map(|i| ((i % t) / 200) as u32).collect();
+    let pos: Vec<u32> = (0..b * t).map(|i| ((i % t) % 200) as u32).collect();
+    let x = Tensor::from_vec(ids.clone(), (b, t), dev)?;
+    let y = Tensor::from_vec(ids, (b, t), dev)?;
+    let doc = Tensor::from_vec(doc, (b, t), dev)?;
+    let pos = Tensor::from_vec(pos, (b, t), dev)?;
+    let batch = crate::data::loader::BatchTensors {
+        x: x.clone(),
+        y,
+        doc: doc.clone(),
+        pos,
+    };
+
+    time("step: forward + loss", &mut || {
+        model.loss(&batch)?;
+        Ok(())
+    })?;
+    time("step: forward + loss + backward", &mut || {
+        model.loss(&batch)?.backward()?;
+        Ok(())
+    })?;
+    let grads = model.loss(&batch)?.backward()?;
+    time("step: gradient norm", &mut || {
+        grad_norm(model.params(), &grads).map(|_| ())
+    })?;
+    let mut opt = AdamW::new(AdamWConfig::default());
+    time("step: AdamW update", &mut || {
+        opt.step(model.params(), &grads, 1e-4, clip_factor(1.0, 1.0))
+    })?;
+
+    let randn = |shape: &[usize]| -> crate::Result<Var> {
+        Ok(Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, dev)?)?)
+    };
+    let wte = randn(&[cfg.vocab_size, c])?;
+    time("embedding lookup + backward", &mut || {
+        wte.index_select(&x.flatten_all()?, 0)?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    let logits = randn(&[b * t, cfg.vocab_size])?;
+    time("cross-entropy + backward", &mut || {
+        crate::model::cross_entropy(&logits.to_dtype(dt)?, &batch.y.flatten_all()?)?.backward()?;
+        Ok(())
+    })?;
+    let head = Linear {
+        weight: wte.as_tensor().clone(),
+        bias: None,
+    };
+    let h = randn(&[b * t, c])?;
+    time("lm_head matmul + backward", &mut || {
+        head.forward(&h.to_dtype(dt)?)?.sum_all()?.backward()?;
+        Ok(())
+    })?;
+    let mut p = ParamBuilder::new(WeightSource::Init(crate::rng::Rng::new(1)), dev);
+    let attn = Attention::new(&mut p, "attn", cfg, 0.02, 0.02)?;
+    let mlp_fc = Linear::new(&mut p, "fc", c, cfg.mlp_hidden(), cfg.bias, 0.02)?;
+    let ln = Norm::new(&mut p, "ln", cfg.norm, c, cfg.bias, cfg.norm_eps)?;
+    let xs = randn(&[b, t, c])?;
+    time("document mask (once per batch)", &mut || {
+        document_mask(&doc, dt)?;
+        Ok(())
+    })?;
+    let mask = document_mask(&doc, dt)?;
+    time("attention layer + backward", &mut || {
+        attn.forward(&xs.to_dtype(dt)?, None, &mask, None)?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    let scores = randn(&[b, cfg.n_head, t, t])?;
+    time("  of which softmax(scores + mask) + backward", &mut || {
+        softmax_last_dim(&scores.to_dtype(dt)?.broadcast_add(&mask)?)?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    time("MLP c_fc matmul + GELU + backward", &mut || {
+        mlp_fc
+            .forward(&xs.to_dtype(dt)?)?
+            .gelu_erf()?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    time("norm + backward", &mut || {
+        ln.forward(&xs.to_dtype(dt)?)?.sum_all()?.backward()?;
+        Ok(())
+    })?;
+    let _ = DType::F32;
+    Ok(rows)
+}

@@ -7,7 +7,10 @@ use crate::{Error, Result};
 /// Parses a device spec. `cuda:N` needs a binary built with `--features cuda`.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let index = match spec {
-        "cpu" => return Ok(Device::Cpu),
+        "cpu" => {
+            tune_cpu();
+            return Ok(Device::Cpu);
+        }
         "cuda" => 0,
         s => match s
             .strip_prefix("cuda:")
@@ -48,4 +51,21 @@ pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType> {
 /// Waits until the device has finished its queued work (for timing).
 pub fn synchronize(device: &Device) -> Result<()> {
     Ok(device.synchronize()?)
+}
+
+/// Makes candle's CPU backend run element-wise operations on the calling thread.
+///
+/// candle 0.11 spreads element-wise operations over a pool of worker threads that *spin* while
+/// they wait for work, next to the matrix-multiplication threads. On a machine with few cores
+/// the spinning workers steal the cores the matmuls need: on 2 cores a training step of the
+/// `tiny` model ran several times faster with the pool off. The matmuls stay multi-threaded.
+/// Must run before candle's first CPU operation; an explicit `CANDLE_NUM_THREADS` is respected.
+pub fn tune_cpu() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            // SAFETY: called before candle or tinygpt start worker threads that read the environment.
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+    });
 }

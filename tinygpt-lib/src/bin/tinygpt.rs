@@ -149,6 +149,9 @@ enum Bench {
         /// Print the result as one JSON object on the last line.
         #[arg(long)]
         json: bool,
+        /// Also time the step's phases and the model's pieces alone (forward + backward each).
+        #[arg(long)]
+        profile: bool,
     },
     /// Tokens/s of KV-cache decoding (batch 1, greedy) of a checkpoint or preset.
     Decode {
@@ -269,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     warmup_steps,
                     peak_tflops,
                     json,
+                    profile,
                 },
         } => {
             let config = GptConfig::preset(&preset)?;
@@ -287,6 +291,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 steps,
                 peak_flops: peak_tflops.map(|t| t * 1e12),
             };
+            if profile {
+                println!(
+                    "profile of {preset} ({:?}, batch {} x {}), ms per call:",
+                    options.dtype, options.batch_size, options.block_size
+                );
+                for (label, ms) in tinygpt::bench::train_profile(&options)? {
+                    println!("{ms:>10.2}  {label}");
+                }
+            }
             let r = tinygpt::bench::train_throughput(&options)?;
             println!(
                 "train {preset} on {} ({}): batch {} x {}, {} params: {:.1} ms/step, {:.0} tokens/s, MFU {:.1}% of {:.1} TFLOP/s (loss {:.3} -> {:.3})",

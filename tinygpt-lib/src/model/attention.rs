@@ -100,7 +100,11 @@ impl Attention {
             .contiguous()?
             .reshape((b, nkv, g * t, hd))?;
         let scores = q.matmul(&k.t()?)?.reshape((b, nh, t, tk))?; // (B, nh, T, Tk)
-        let att = softmax_last_dim(&scores.broadcast_add(mask)?)?;
+        let att = if super::fused::available(&scores) {
+            super::fused::masked_softmax(&scores, mask)?
+        } else {
+            softmax_last_dim(&scores.broadcast_add(mask)?)?
+        };
         let y = att.reshape((b, nkv, g * t, tk))?.matmul(&v)?; // (B, nkv, g·T, hd)
         let y = y
             .reshape((b, nh, t, hd))?

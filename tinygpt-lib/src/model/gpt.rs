@@ -74,6 +74,9 @@ impl Gpt {
 
     fn build(config: &GptConfig, source: WeightSource, device: &Device) -> Result<Self> {
         config.validate()?;
+        if device.is_cpu() {
+            crate::device::tune_cpu();
+        }
         let cfg = config;
         let mut p = ParamBuilder::new(source, device);
         let std = (cfg.n_embd as f64).powf(-0.5);
@@ -234,19 +237,34 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(sum.broadcast_div(&count)?)
 }
 
-/// The *summed* cross-entropy and the number of targets counted, both as f32 scalars: what an
-/// evaluation over many batches adds up (and bits per byte needs).
-///
-/// `loss_i = logsumexp(logits_i) − logits_i[target_i]`, computed in f32 with the row maximum
-/// subtracted first so that `exp` cannot overflow.
+/// The *summed* cross-entropy and the number of targets counted, both as scalars: what an
+/// evaluation over many batches adds up (and bits per byte needs). On the CPU a fused kernel
+/// ([`super::fused`]) computes it; elsewhere [`cross_entropy_composed`].
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let v = logits.dim(D::Minus1)?;
     let logits = logits
         .to_dtype(super::wide(logits.dtype()))?
         .reshape(((), v))?; // (N, V)
     let targets = targets.flatten_all()?; // (N)
+    if super::fused::available(&logits) {
+        let count = targets
+            .ne(IGNORE_INDEX)?
+            .to_dtype(logits.dtype())?
+            .sum_all()?;
+        return Ok((
+            super::fused::cross_entropy_rows(&logits, &targets)?.sum_all()?,
+            count,
+        ));
+    }
+    cross_entropy_composed(&logits, &targets)
+}
+
+/// The cross-entropy from differentiable tensor operations, for `logits` `(N, V)` and `targets`
+/// `(N)`: `loss_i = logsumexp(logits_i) − logits_i[target_i]`, with the row maximum subtracted
+/// first so that `exp` cannot overflow. Returns the sum and the count of counted targets.
+pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let valid = targets.ne(IGNORE_INDEX)?; // (N) u8
-    let safe_targets = valid.where_cond(&targets, &targets.zeros_like()?)?;
+    let safe_targets = valid.where_cond(targets, &targets.zeros_like()?)?;
     let max = logits.max_keepdim(1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let logsumexp = shifted.exp()?.sum_keepdim(1)?.log()?; // (N, 1)

@@ -9,6 +9,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod fused;
 pub mod generate;
 pub mod gpt;
 pub mod hf;
