@@ -11,8 +11,10 @@
 # a Python virtualenv with nbconvert, and `cargo install --locked evcxr_jupyter`. The kernel is
 # registered in a Jupyter folder of that cache (JUPYTER_PATH), not in your own Jupyter settings.
 #
-# evcxr compiles every cell with cargo. Its build folder lives in the cache too, one per version
-# of Cargo.lock, so a second checkout or a second run compiles nothing again; a cargo config in
+# evcxr compiles every cell with cargo. Its build folder lives in the cache too, one per set of
+# third-party crate versions in Cargo.lock (our own crates' entries do not count: adding a
+# dependency that is already in the lock changes nothing), so a second checkout or a second run
+# compiles nothing again; a cargo config in
 # its parent folder (copied from notebooks/cargo-config.toml) builds candle, gemm, polars and tinygpt optimised
 # and without debug assertions, so cells run the library at release speed.
 set -euo pipefail
@@ -76,7 +78,8 @@ setup_env() {
 JSON
   export JUPYTER_PATH="$CACHE/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
   local lock_hash
-  lock_hash=$(sha256sum "$ROOT/Cargo.lock" | cut -c1-12)
+  lock_hash=$(awk '/^\[\[package\]\]/ { if (block ~ /\nsource = /) printf "%s", block; block = "" } { block = block $0 "\n" }
+                   END { if (block ~ /\nsource = /) printf "%s", block }' "$ROOT/Cargo.lock" | sha256sum | cut -c1-12)
   export EVCXR_TMPDIR="$CACHE/evcxr-build/$lock_hash"
   mkdir -p "$EVCXR_TMPDIR" "$CACHE/evcxr-build/.cargo"
   touch "$EVCXR_TMPDIR"
