@@ -472,12 +472,12 @@ fn checkpoints_round_trip_and_catch_mismatches() {
     // A tokenizer that is not the one recorded.
     let tok_path = ckpt.join("tokenizer.json");
     let tok_json = std::fs::read_to_string(&tok_path).unwrap();
-    assert!(tok_json.contains("\"add_prefix_space\":false"));
-    std::fs::write(
-        &tok_path,
-        tok_json.replacen("\"add_prefix_space\":false", "\"add_prefix_space\":true", 1),
-    )
-    .unwrap();
+    let (ours, theirs) = (
+        "\"pre_tokenizer\":{\"add_prefix_space\":false",
+        "\"pre_tokenizer\":{\"add_prefix_space\":true",
+    );
+    assert!(tok_json.contains(ours));
+    std::fs::write(&tok_path, tok_json.replacen(ours, theirs, 1)).unwrap();
     let err = model::checkpoint::load(&ckpt, &dev)
         .err()
         .unwrap()

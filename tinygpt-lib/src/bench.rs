@@ -289,3 +289,118 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
     let _ = DType::F32;
     Ok(rows)
 }
+
+/// What `tinygpt bench tokenizer` measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TokenizerBenchReport {
+    pub text_bytes: usize,
+    pub stories: usize,
+    pub vocab_size: usize,
+    /// Training on all stories, seconds: ours, then the `tokenizers` crate's `BpeTrainer`.
+    pub train_s_ours: f64,
+    pub train_s_tokenizers: f64,
+    /// Encoding every story, one after another on one thread, MB/s of text.
+    pub encode_mb_s_ours: f64,
+    pub encode_mb_s_tokenizers: f64,
+    /// Encoding every story in parallel on all cores (ours: `encode_all`; theirs: `encode_batch`).
+    pub encode_all_mb_s_ours: f64,
+    pub encode_all_mb_s_tokenizers: f64,
+    /// Whether both encoders gave the same ids for every story.
+    pub same_ids: bool,
+}
+
+/// Trains a byte-level BPE of `vocab_size` on `stories` with our trainer and with the
+/// `tokenizers` crate's (same settings: GPT-2's pre-tokenizer, all 256 bytes, `<|endoftext|>`),
+/// then encodes all stories with our encoder and with the `tokenizers` crate loading *our*
+/// vocabulary and merges, and checks both give the same ids.
+pub fn tokenizer_throughput(
+    stories: &[String],
+    vocab_size: usize,
+) -> crate::Result<TokenizerBenchReport> {
+    use crate::tokenizer::{Bpe, Tokenizer, EOS_TOKEN};
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{AddedToken, TokenizerBuilder};
+
+    let texts: Vec<&str> = stories.iter().map(String::as_str).collect();
+    let text_bytes: usize = stories.iter().map(String::len).sum();
+    let mb = text_bytes as f64 / 1e6;
+    let tok_err = |e: tokenizers::Error| crate::Error::Invalid(format!("tokenizers: {e}"));
+
+    let t0 = Instant::now();
+    let bpe = Bpe::train(&texts, vocab_size, &[EOS_TOKEN.to_string()])?;
+    let train_s_ours = t0.elapsed().as_secs_f64();
+
+    let t0 = Instant::now();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(0)
+        .show_progress(false)
+        .special_tokens(vec![AddedToken::from(EOS_TOKEN, true)])
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let mut theirs_trained = TokenizerBuilder::<
+        BPE,
+        tokenizers::NormalizerWrapper,
+        ByteLevel,
+        tokenizers::PostProcessorWrapper,
+        ByteLevel,
+    >::new()
+    .with_model(BPE::default())
+    .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
+    .with_decoder(Some(ByteLevel::default()))
+    .build()
+    .map_err(tok_err)?;
+    theirs_trained
+        .train(&mut trainer, stories.iter())
+        .map_err(tok_err)?;
+    let train_s_tokenizers = t0.elapsed().as_secs_f64();
+
+    // Encoding: both with our vocabulary and merges.
+    let ours = Tokenizer::from_bpe(bpe.clone(), "ours")?;
+    let json = bpe.to_tokenizer_json().to_string();
+    let theirs = <tokenizers::Tokenizer as std::str::FromStr>::from_str(&json).map_err(tok_err)?;
+
+    let t0 = Instant::now();
+    let mut cache = std::collections::HashMap::new();
+    let ids_ours: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| bpe.encode_with_cache(t, &mut cache))
+        .collect();
+    let encode_mb_s_ours = mb / t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let ids_theirs: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| theirs.encode_fast(*t, false).map(|e| e.get_ids().to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(tok_err)?;
+    let encode_mb_s_tokenizers = mb / t0.elapsed().as_secs_f64();
+
+    let t0 = Instant::now();
+    let all_ours = ours.encode_all(stories)?;
+    let encode_all_mb_s_ours = mb / t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let all_theirs = theirs
+        .encode_batch_fast(texts.clone(), false)
+        .map_err(tok_err)?;
+    let encode_all_mb_s_tokenizers = mb / t0.elapsed().as_secs_f64();
+
+    let same_ids = ids_ours == ids_theirs
+        && all_ours == ids_ours
+        && all_theirs
+            .iter()
+            .zip(&ids_ours)
+            .all(|(e, o)| e.get_ids() == o.as_slice());
+    Ok(TokenizerBenchReport {
+        text_bytes,
+        stories: stories.len(),
+        vocab_size,
+        train_s_ours,
+        train_s_tokenizers,
+        encode_mb_s_ours,
+        encode_mb_s_tokenizers,
+        encode_all_mb_s_ours,
+        encode_all_mb_s_tokenizers,
+        same_ids,
+    })
+}

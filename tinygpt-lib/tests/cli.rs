@@ -289,3 +289,158 @@ fn llama2c_checkpoints_generate_ids_and_export_as_llama() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs tinygpt with `stdin` as its standard input.
+fn run_with_stdin(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(tinygpt_bin())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn tokenizer_train_encode_decode_round_trip() {
+    let dir = scratch("tokenizer");
+    let out = dir.join("tok.json");
+    let corpus = shared().join("data/bpe-fixtures/corpus.en");
+    let text = stdout_of(&run_tinygpt(
+        &[
+            "tokenizer",
+            "train",
+            "--input",
+            corpus.to_str().unwrap(),
+            "--vocab-size",
+            "500",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(text.contains("trained 500 tokens (243 merges)"), "{text}");
+    let story = "Once upon a time, Tom saw a dog.<|endoftext|>Héllo 🙃\n";
+    let ids = stdout_of(&run_with_stdin(
+        &["tokenizer", "encode", "--tokenizer", out.to_str().unwrap()],
+        story.as_bytes(),
+    ));
+    let parsed: Vec<u32> = ids.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    assert!(
+        parsed.contains(&0),
+        "<|endoftext|> is one token, id 0: {ids}"
+    );
+    assert!(parsed.iter().all(|&id| id < 500));
+    let back = stdout_of(&run_with_stdin(
+        &["tokenizer", "decode", "--tokenizer", out.to_str().unwrap()],
+        ids.as_bytes(),
+    ));
+    assert_eq!(back, story);
+    // The same file through the `tokenizers` crate gives the same ids.
+    let theirs = tokenizers::Tokenizer::from_file(&out).unwrap();
+    assert_eq!(
+        theirs.encode(story, false).unwrap().get_ids(),
+        parsed.as_slice()
+    );
+    // Bad input.
+    let bad = |args: &[&str], stdin: &[u8], expected: &[&str]| {
+        let output = run_with_stdin(args, stdin);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && expected.iter().all(|e| stderr.contains(e)),
+            "{args:?}: {stderr}"
+        );
+    };
+    bad(
+        &[
+            "tokenizer",
+            "train",
+            "--input",
+            corpus.to_str().unwrap(),
+            "--vocab-size",
+            "100",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        b"",
+        &["--vocab-size 100", "256"],
+    );
+    let latin1 = dir.join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
+    bad(
+        &[
+            "tokenizer",
+            "train",
+            "--input",
+            latin1.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        b"",
+        &["latin1.txt", "offset 3"],
+    );
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    bad(
+        &[
+            "tokenizer",
+            "train",
+            "--input",
+            empty.to_str().unwrap(),
+            "--vocab-size",
+            "300",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        b"",
+        &["empty"],
+    );
+    bad(
+        &["tokenizer", "decode", "--tokenizer", out.to_str().unwrap()],
+        b"1 2 99999",
+        &["99999", "500"],
+    );
+    bad(
+        &["tokenizer", "decode", "--tokenizer", out.to_str().unwrap()],
+        b"1 two",
+        &["`two`"],
+    );
+    // The failed trainings left the good file in place.
+    assert_eq!(
+        tinygpt::Tokenizer::from_file(&out).unwrap().vocab_size(),
+        500
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn prepare_trains_our_bpe_then_reuses_it() {
+    let dir = scratch("prepare-bpe");
+    let out = dir.join("bpe");
+    let source = tinystories_dir();
+    let args = [
+        "prepare",
+        "--source",
+        source.to_str().unwrap(),
+        "--tokenizer",
+        "bpe:400",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    let first = stdout_of(&run_tinygpt(&args, &[]));
+    assert!(first.contains("trained our BPE (400 tokens)"), "{first}");
+    let manifest = Manifest::load(&out).unwrap();
+    assert_eq!(manifest.tokenizer.vocab_size, 400);
+    let tok = tinygpt::Tokenizer::from_file(&out.join("tokenizer.json")).unwrap();
+    assert_eq!(manifest.tokenizer.fingerprint, tok.fingerprint());
+    let second = stdout_of(&run_tinygpt(&args, &[]));
+    assert!(
+        second.contains("reusing") && second.contains("nothing to do"),
+        "{second}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,12 +30,13 @@ enum Command {
         /// files), or a folder of train*/valid* text or parquet files.
         #[arg(long, env = "TINYGPT_DATA", default_value = "hub")]
         source: String,
-        /// `gpt-neo` (EleutherAI/gpt-neo-125M from the hub) or the path of a tokenizer.json.
+        /// `gpt-neo` (EleutherAI/gpt-neo-125M from the hub), the path of a tokenizer.json, or
+        /// `bpe:N`: our BPE with N tokens, trained on the train split (or reused) into `--out`.
         #[arg(long, default_value = "gpt-neo")]
         tokenizer: String,
-        /// Output folder for the shards and the manifest.
-        #[arg(long, default_value = "data/gpt-neo")]
-        out: PathBuf,
+        /// Output folder for the shards and the manifest (default: data/gpt-neo, or data/bpe-N).
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Tokens per shard.
         #[arg(long, default_value_t = data::shards::DEFAULT_SHARD_TOKENS)]
         shard_tokens: usize,
@@ -45,6 +46,11 @@ enum Command {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Train, use and inspect tokenizers.
+    Tokenizer {
+        #[command(subcommand)]
+        what: TokenizerCommand,
     },
     /// Write a freshly initialised model checkpoint (config.json + model.safetensors).
     Init {
@@ -115,6 +121,34 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Train our byte-level BPE on text files and save it as a Hugging Face tokenizer.json.
+    Train {
+        /// UTF-8 text files (stories separated by `<|endoftext|>` lines, or any text).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        /// Special tokens, never split or merged (repeat the flag for several).
+        #[arg(long = "special", default_values_t = vec![tinygpt::tokenizer::EOS_TOKEN.to_string()])]
+        specials: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Encode all of stdin as one text; print the ids separated by spaces.
+    Encode {
+        /// `gpt-neo` or the path of a tokenizer.json.
+        #[arg(long)]
+        tokenizer: String,
+    },
+    /// Decode ids (separated by whitespace) from stdin; print the text.
+    Decode {
+        #[arg(long)]
+        tokenizer: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Bench {
     /// GFLOP/s of an n×n f32 matmul on the CPU, the same code as the notebook's cell.
     Matmul {
@@ -152,6 +186,18 @@ enum Bench {
         /// Also time the step's phases and the model's pieces alone (forward + backward each).
         #[arg(long)]
         profile: bool,
+    },
+    /// Our BPE vs the `tokenizers` crate: training time and encoding MB/s on the same stories.
+    Tokenizer {
+        /// Stories to train and encode on (default: TinyStories' train split from --source).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, env = "TINYGPT_DATA", default_value = "hub")]
+        source: String,
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Tokens/s of KV-cache decoding (batch 1, greedy) of a checkpoint or preset.
     Decode {
@@ -195,7 +241,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quiet,
         } => {
             let source = Source::parse(&source)?;
-            let tokenizer = Tokenizer::load(&tokenizer)?;
+            let (tokenizer, out) = match tinygpt::tokenizer::parse_bpe_spec(&tokenizer)? {
+                Some(n) => {
+                    let out = out.unwrap_or_else(|| PathBuf::from(format!("data/bpe-{n}")));
+                    let start = std::time::Instant::now();
+                    let (tok, reused) =
+                        tinygpt::tokenizer::train_or_reuse(&source, n, &out, force)?;
+                    if reused {
+                        println!(
+                            "reusing {} (trained on the same files)",
+                            out.join("tokenizer.json").display()
+                        );
+                    } else {
+                        println!(
+                            "trained our BPE ({n} tokens) on the train split in {:.1} s -> {}",
+                            start.elapsed().as_secs_f64(),
+                            out.join("tokenizer.json").display()
+                        );
+                    }
+                    (tok, out)
+                }
+                None => (
+                    Tokenizer::load(&tokenizer)?,
+                    out.unwrap_or_else(|| PathBuf::from("data/gpt-neo")),
+                ),
+            };
             let options = PrepareOptions {
                 shard_tokens,
                 force,
@@ -204,6 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = data::prepare(&source, &tokenizer, &out, &options)?;
             print_prepare(&report, &out);
         }
+        Command::Tokenizer { what } => tokenizer_command(what)?,
         Command::Init {
             preset,
             seed,
@@ -331,12 +402,116 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Bench {
+            what:
+                Bench::Tokenizer {
+                    input,
+                    source,
+                    vocab_size,
+                    json,
+                },
+        } => {
+            let stories = match input {
+                Some(path) => tinygpt::data::source::read_stories(&path)?,
+                None => Source::parse(&source)?.stories(Split::Train)?,
+            };
+            let r = tinygpt::bench::tokenizer_throughput(&stories, vocab_size)?;
+            println!(
+                "{} stories, {:.2} MB, vocab {}",
+                r.stories,
+                r.text_bytes as f64 / 1e6,
+                r.vocab_size
+            );
+            println!(
+                "train:            ours {:>7.2} s    tokenizers {:>7.2} s  ({:.2}x)",
+                r.train_s_ours,
+                r.train_s_tokenizers,
+                r.train_s_ours / r.train_s_tokenizers
+            );
+            println!(
+                "encode, 1 thread: ours {:>7.2} MB/s tokenizers {:>7.2} MB/s ({:.2}x)",
+                r.encode_mb_s_ours,
+                r.encode_mb_s_tokenizers,
+                r.encode_mb_s_ours / r.encode_mb_s_tokenizers
+            );
+            println!(
+                "encode, parallel: ours {:>7.2} MB/s tokenizers {:>7.2} MB/s ({:.2}x)",
+                r.encode_all_mb_s_ours,
+                r.encode_all_mb_s_tokenizers,
+                r.encode_all_mb_s_ours / r.encode_all_mb_s_tokenizers
+            );
+            println!("same ids from both encoders: {}", r.same_ids);
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        Command::Bench {
             what: Bench::Matmul { size, repeats },
         } => {
             let gflops = tinygpt::bench::matmul_gflops(size, repeats)?;
             println!(
                 "matmul {size}x{size}x{size} f32 on CPU: {gflops:.1} GFLOP/s (best of {repeats})"
             );
+        }
+    }
+    Ok(())
+}
+
+fn tokenizer_command(what: TokenizerCommand) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use tinygpt::tokenizer::{read_text, Bpe};
+    match what {
+        TokenizerCommand::Train {
+            input,
+            vocab_size,
+            specials,
+            out,
+        } => {
+            let start = std::time::Instant::now();
+            let texts = input
+                .iter()
+                .map(|p| read_text(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let bpe = Bpe::train(&refs, vocab_size, &specials)?;
+            let json = serde_json::to_string(&bpe.to_tokenizer_json())?;
+            tinygpt::atomic::write_bytes(&out, json.as_bytes())?;
+            let bytes: usize = texts.iter().map(String::len).sum();
+            let tokens: usize = refs.iter().map(|t| bpe.encode(t).len()).sum();
+            println!(
+                "trained {} tokens ({} merges) on {:.2} MB in {:.1} s: {:.2} bytes per token; wrote {}",
+                bpe.vocab_size(),
+                bpe.merges().len(),
+                bytes as f64 / 1e6,
+                start.elapsed().as_secs_f64(),
+                bytes as f64 / tokens.max(1) as f64,
+                out.display()
+            );
+        }
+        TokenizerCommand::Encode { tokenizer } => {
+            let tok = Tokenizer::load(&tokenizer)?;
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("stdin is not UTF-8 text ({e})"))?;
+            let ids: Vec<String> = tok.encode(&text)?.iter().map(u32::to_string).collect();
+            writeln!(std::io::stdout().lock(), "{}", ids.join(" "))?;
+        }
+        TokenizerCommand::Decode { tokenizer } => {
+            let tok = Tokenizer::load(&tokenizer)?;
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            let ids = text
+                .split_whitespace()
+                .map(|s| s.parse::<u32>().map_err(|_| anyhow::anyhow!("stdin: `{s}` is not a token id (expected whole numbers separated by spaces)")))
+                .collect::<anyhow::Result<Vec<u32>>>()?;
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= tok.vocab_size()) {
+                anyhow::bail!(
+                    "stdin: token id {bad} is outside the vocabulary of {} ({})",
+                    tok.vocab_size(),
+                    tok.name()
+                );
+            }
+            write!(std::io::stdout().lock(), "{}", tok.decode(&ids)?)?;
         }
     }
     Ok(())

@@ -428,8 +428,7 @@ impl<'a> ShardWriter<'a> {
     }
 }
 
-/// Hash of what the shards depend on: format, tokenizer, shard size and each input file's name,
-/// size and modification time (hashing gigabytes of text would cost as much as tokenizing it).
+/// Hash of what the shards depend on: format, tokenizer, shard size and the input files.
 fn inputs_hash(
     tokenizer: &Tokenizer,
     shard_tokens: usize,
@@ -441,20 +440,7 @@ fn inputs_hash(
         tokenizer.fingerprint()
     ));
     for (split, paths) in files {
-        for path in paths {
-            let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            hash.update(format!(
-                "{} {} {} {:?}\n",
-                split.name(),
-                path.display(),
-                meta.len(),
-                modified
-            ));
-        }
+        hash.update(format!("{}\n{}", split.name(), files_signature(paths)?));
     }
     Ok(hash
         .finalize()
@@ -462,6 +448,26 @@ fn inputs_hash(
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+/// Each file's name, size and modification time, a line each: what decides whether work done
+/// on these files can be reused (hashing gigabytes of text would cost as much as the work).
+pub fn files_signature(paths: &[PathBuf]) -> Result<String> {
+    let mut out = String::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        out.push_str(&format!(
+            "{} {} {:?}\n",
+            path.display(),
+            meta.len(),
+            modified
+        ));
+    }
+    Ok(out)
 }
 
 /// Reads a whole shard into memory (tests and small tools; training memory-maps instead).

@@ -93,7 +93,7 @@ fn softmax_row<T: Real>(out: &mut [T], x: &[T], mask: &[T]) {
         sum += *o;
     }
     let inv = T::one() / sum;
-    out.iter_mut().for_each(|o| *o = *o * inv);
+    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 struct MaskedSoftmax;
@@ -280,9 +280,9 @@ impl CrossEntropyBackward {
                 return;
             }
             softmax_row(d, &x[row * v..(row + 1) * v], &no_mask);
-            d[t as usize] = d[t as usize] - T::one();
+            d[t as usize] -= T::one();
             let g = dloss[row];
-            d.iter_mut().for_each(|a| *a = *a * g);
+            d.iter_mut().for_each(|a| *a *= g);
         });
         dx
     }

@@ -196,13 +196,17 @@ pub fn generate(
     }
 }
 
+/// Feeds tokens to a model (after those cached, or after none when the flag says restart) and
+/// returns the logits of the next token.
+type StepFn<'a> = dyn FnMut(&[u32], bool) -> Result<Vec<f32>> + 'a;
+
 /// The generation loop. `step(tokens, restart)` feeds tokens after those already cached (after
 /// none when `restart`) and returns the logits of the next token.
 fn sample_loop(
     block_size: usize,
     prompt: &[u32],
     options: &GenerateOptions,
-    step: &mut dyn FnMut(&[u32], bool) -> Result<Vec<f32>>,
+    step: &mut StepFn<'_>,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     let mut sampler = Sampler::new(options);

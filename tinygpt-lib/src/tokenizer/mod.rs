@@ -1,10 +1,16 @@
 //! The tokenizer used by the rest of the project: text ⇄ token ids, plus the facts that shards
 //! and checkpoints must agree on (vocabulary size, end-of-text id, a fingerprint).
 //!
-//! Today it wraps any Hugging Face `tokenizer.json` through the `tokenizers` crate, such as
-//! GPT-Neo-125M's (the original project's tokenizer: GPT-2's 50,257-token byte-level BPE).
+//! Two implementations sit behind it:
+//! - [`bpe::Bpe`], our byte-level BPE written from scratch, which reads and writes Hugging Face
+//!   `tokenizer.json` files. Every byte-level BPE in GPT-2's style uses it, including
+//!   GPT-Neo-125M's (the original project's tokenizer: GPT-2's 50,257 tokens) and the ones
+//!   `tinygpt tokenizer train` makes;
+//! - the `tokenizers` crate, for any other `tokenizer.json` (WordPiece, Unigram, …).
 
 use std::path::{Path, PathBuf};
+
+use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
@@ -17,11 +23,20 @@ pub const EOS_TOKEN: &str = "<|endoftext|>";
 /// The hub model whose tokenizer the original project used.
 pub const GPT_NEO_REPO: &str = "EleutherAI/gpt-neo-125M";
 
+pub mod bpe;
+
+pub use bpe::Bpe;
+
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     name: String,
     eos_id: u32,
     fingerprint: String,
+}
+
+enum Inner {
+    Ours(Bpe),
+    Hf(Box<tokenizers::Tokenizer>),
 }
 
 impl Tokenizer {
@@ -53,14 +68,46 @@ impl Tokenizer {
                     .into(),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| bad(format!("is not a valid Hugging Face tokenizer.json ({e})")))?;
-        let eos_id = inner.token_to_id(EOS_TOKEN).ok_or_else(|| {
-            bad(format!(
-                "has no `{EOS_TOKEN}` token, which marks where every story starts"
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("is not valid JSON ({e})")))?;
+        let inner = match Bpe::from_tokenizer_json(&json) {
+            Ok(bpe) => Inner::Ours(bpe),
+            Err(bpe::LoadError::Invalid(why)) => {
+                return Err(bad(format!(
+                    "is a broken byte-level BPE tokenizer.json: {why}"
+                )))
+            }
+            Err(bpe::LoadError::Unsupported(_)) => {
+                Inner::Hf(Box::new(tokenizers::Tokenizer::from_str(&text).map_err(|e| {
+                    bad(format!("is not a valid Hugging Face tokenizer.json ({e})"))
+                })?))
+            }
+        };
+        Self::from_inner(inner, name).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Our BPE as a `Tokenizer`; it must have the `<|endoftext|>` special token.
+    pub fn from_bpe(bpe: Bpe, name: &str) -> Result<Self> {
+        Self::from_inner(Inner::Ours(bpe), name)
+    }
+
+    fn from_inner(inner: Inner, name: &str) -> Result<Self> {
+        let eos_id = match &inner {
+            Inner::Ours(b) => b.special_id(EOS_TOKEN),
+            Inner::Hf(t) => t.token_to_id(EOS_TOKEN),
+        }
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "the tokenizer has no `{EOS_TOKEN}` token, which marks where every story starts"
             ))
         })?;
-        let canonical = inner.to_string(false).map_err(|e| bad(e.to_string()))?;
+        let canonical = match &inner {
+            Inner::Ours(b) => b.to_tokenizer_json().to_string(),
+            Inner::Hf(t) => t
+                .to_string(false)
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+        };
         let fingerprint = hex(&Sha256::digest(canonical.as_bytes())[..8]);
         Ok(Self {
             inner,
@@ -70,35 +117,67 @@ impl Tokenizer {
         })
     }
 
-    /// The ids of `text`, with no special tokens added around it.
+    /// The ids of `text`, with no special tokens added around it (those inside it are kept).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode_fast(text, false).map_err(|e| {
-            Error::Invalid(format!("tokenizer {}: encoding failed: {e}", self.name))
-        })?;
-        Ok(encoding.get_ids().to_vec())
+        match &self.inner {
+            Inner::Ours(b) => Ok(b.encode(text)),
+            Inner::Hf(t) => Ok(t
+                .encode_fast(text, false)
+                .map_err(|e| {
+                    Error::Invalid(format!("tokenizer {}: encoding failed: {e}", self.name))
+                })?
+                .get_ids()
+                .to_vec()),
+        }
     }
 
     /// The ids of many texts, encoded in parallel on all cores (rayon).
     pub fn encode_all(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         use rayon::prelude::*;
-        texts.par_iter().map(|text| self.encode(text)).collect()
+        match &self.inner {
+            // One cache of word → ids per worker thread.
+            Inner::Ours(b) => Ok(texts
+                .par_iter()
+                .map_init(std::collections::HashMap::new, |cache, t| {
+                    b.encode_with_cache(t, cache)
+                })
+                .collect()),
+            Inner::Hf(_) => texts.par_iter().map(|text| self.encode(text)).collect(),
+        }
     }
 
     /// The text of `ids`; special tokens such as `<|endoftext|>` are kept so that decoding is exact.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| Error::Invalid(format!("tokenizer {}: decoding failed: {e}", self.name)))
+        match &self.inner {
+            Inner::Ours(b) => b.decode(ids),
+            Inner::Hf(t) => t.decode(ids, false).map_err(|e| {
+                Error::Invalid(format!("tokenizer {}: decoding failed: {e}", self.name))
+            }),
+        }
+    }
+
+    /// Our BPE, when this tokenizer is one (for the notebooks' look inside).
+    pub fn bpe(&self) -> Option<&Bpe> {
+        match &self.inner {
+            Inner::Ours(b) => Some(b),
+            Inner::Hf(_) => None,
+        }
     }
 
     /// The text of a single id (for showing tokens one by one).
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.inner {
+            Inner::Ours(b) => b.token_string(id),
+            Inner::Hf(t) => t.id_to_token(id),
+        }
     }
 
     /// Number of ids, special tokens included (50,257 for GPT-2/GPT-Neo).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.inner {
+            Inner::Ours(b) => b.vocab_size(),
+            Inner::Hf(t) => t.get_vocab_size(true),
+        }
     }
 
     pub fn eos_id(&self) -> u32 {
@@ -118,12 +197,75 @@ impl Tokenizer {
 
     /// Saves the tokenizer as `tokenizer.json` (checkpoints carry their tokenizer).
     pub fn save(&self, path: &Path) -> Result<PathBuf> {
-        self.inner.save(path, false).map_err(|e| Error::Tokenizer {
-            path: path.to_owned(),
-            why: e.to_string(),
-        })?;
+        match &self.inner {
+            Inner::Ours(b) => {
+                let text = serde_json::to_string(&b.to_tokenizer_json())
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+            }
+            Inner::Hf(t) => t.save(path, false).map_err(|e| Error::Tokenizer {
+                path: path.to_owned(),
+                why: e.to_string(),
+            })?,
+        }
         Ok(path.to_owned())
     }
+}
+
+/// Reads a text file for training, refusing bytes that are not UTF-8 with the offset of the
+/// first bad one (a binary file or another encoding would otherwise train garbage).
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::data(path, format!("is not UTF-8 text: the byte at offset {} is invalid; convert the file to UTF-8 first", e.utf8_error().valid_up_to()))
+    })
+}
+
+/// The spec `bpe:N` of `--tokenizer`: our BPE with `N` tokens, trained on the train split.
+pub fn parse_bpe_spec(spec: &str) -> Result<Option<usize>> {
+    match spec.strip_prefix("bpe:") {
+        None => Ok(None),
+        Some(n) => n.parse::<usize>().map(Some).map_err(|_| {
+            Error::Invalid(format!(
+                "--tokenizer {spec}: expected bpe:N with N the vocabulary size, e.g. bpe:4096"
+            ))
+        }),
+    }
+}
+
+/// Trains our BPE with `vocab_size` tokens on the train split of `source` into `dir/tokenizer.json`,
+/// or reuses the one already there when it was trained on the same files with the same size
+/// (`dir/tokenizer-inputs.txt` records them). Returns the tokenizer and whether it was reused.
+pub fn train_or_reuse(
+    source: &crate::data::Source,
+    vocab_size: usize,
+    dir: &Path,
+    force: bool,
+) -> Result<(Tokenizer, bool)> {
+    use crate::data::Split;
+    let files = source.files(Split::Train)?;
+    let signature = format!(
+        "bpe {vocab_size} {EOS_TOKEN}\n{}",
+        crate::data::shards::files_signature(&files)?
+    );
+    let (json_path, record) = (dir.join("tokenizer.json"), dir.join("tokenizer-inputs.txt"));
+    if !force
+        && json_path.is_file()
+        && std::fs::read_to_string(&record).ok().as_deref() == Some(signature.as_str())
+    {
+        return Ok((
+            Tokenizer::from_file_named(&json_path, &format!("bpe:{vocab_size}"))?,
+            true,
+        ));
+    }
+    let stories = source.stories(Split::Train)?;
+    let texts: Vec<&str> = stories.iter().map(String::as_str).collect();
+    let bpe = Bpe::train(&texts, vocab_size, &[EOS_TOKEN.to_string()])?;
+    let tokenizer = Tokenizer::from_bpe(bpe, &format!("bpe:{vocab_size}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::atomic::write_with(&json_path, |tmp| tokenizer.save(tmp).map(|_| ()))?;
+    crate::atomic::write_bytes(&record, signature.as_bytes())?;
+    Ok((tokenizer, false))
 }
 
 fn hex(bytes: &[u8]) -> String {
