@@ -608,6 +608,17 @@ fn merge_counts<'t>(
     big
 }
 
+/// GPT-2's pre-tokenization of `text` (special tokens are not treated specially here): the
+/// words merges stay within. For looking at; the tokenizer uses [`pre_tokens`].
+pub fn pre_tokenize(text: &str) -> Vec<&str> {
+    static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    pre_tokens(
+        RE.get_or_init(|| Regex::new(PATTERN).expect("valid pattern")),
+        text,
+    )
+    .collect()
+}
+
 /// GPT-2's pre-tokenization of `text` (which holds no special tokens).
 ///
 /// GPT-2's pattern ends in `\s+(?!\S)|\s+`: a run of whitespace followed by a word gives its last

@@ -34,6 +34,8 @@ pub struct Tokenizer {
     fingerprint: String,
 }
 
+// One of each exists per tokenizer, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Ours(Bpe),
     Hf(Box<tokenizers::Tokenizer>),
@@ -79,9 +81,9 @@ impl Tokenizer {
                 )))
             }
             Err(bpe::LoadError::Unsupported(_)) => {
-                Inner::Hf(Box::new(tokenizers::Tokenizer::from_str(&text).map_err(|e| {
-                    bad(format!("is not a valid Hugging Face tokenizer.json ({e})"))
-                })?))
+                Inner::Hf(Box::new(tokenizers::Tokenizer::from_str(&text).map_err(
+                    |e| bad(format!("is not a valid Hugging Face tokenizer.json ({e})")),
+                )?))
             }
         };
         Self::from_inner(inner, name).map_err(|e| bad(e.to_string()))
@@ -135,13 +137,19 @@ impl Tokenizer {
     pub fn encode_all(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         use rayon::prelude::*;
         match &self.inner {
-            // One cache of word → ids per worker thread.
-            Inner::Ours(b) => Ok(texts
-                .par_iter()
-                .map_init(std::collections::HashMap::new, |cache, t| {
-                    b.encode_with_cache(t, cache)
-                })
-                .collect()),
+            // Contiguous chunks, each with its own cache of word → ids.
+            Inner::Ours(b) => {
+                let chunk = texts.len().div_ceil(rayon::current_num_threads()).max(1);
+                Ok(texts
+                    .par_chunks(chunk)
+                    .flat_map_iter(|part| {
+                        let mut cache = std::collections::HashMap::new();
+                        part.iter()
+                            .map(move |t| b.encode_with_cache(t, &mut cache))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect())
+            }
             Inner::Hf(_) => texts.par_iter().map(|text| self.encode(text)).collect(),
         }
     }
