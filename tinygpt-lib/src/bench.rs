@@ -269,9 +269,14 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
     })?;
     let scores = randn(&[b, cfg.n_head, t, t])?;
     time("  of which softmax(scores + mask) + backward", &mut || {
-        softmax_last_dim(&scores.to_dtype(dt)?.broadcast_add(&mask)?)?
-            .sum_all()?
-            .backward()?;
+        let scores = scores.to_dtype(dt)?;
+        // The same choice as the attention layer: the fused kernel where there is one.
+        let att = if crate::model::fused::available(&scores) {
+            crate::model::fused::masked_softmax(&scores, &mask)?
+        } else {
+            softmax_last_dim(&scores.broadcast_add(&mask)?)?
+        };
+        att.sum_all()?.backward()?;
         Ok(())
     })?;
     time("MLP c_fc matmul + GELU + backward", &mut || {
