@@ -81,6 +81,13 @@ JSON
   lock_hash=$(awk '/^\[\[package\]\]/ { if (block ~ /\nsource = /) printf "%s", block; block = "" } { block = block $0 "\n" }
                    END { if (block ~ /\nsource = /) printf "%s", block }' "$ROOT/Cargo.lock" | sha256sum | cut -c1-12)
   export EVCXR_TMPDIR="$CACHE/evcxr-build/$lock_hash"
+  # A new set of crate versions starts from the newest earlier build folder: cargo then
+  # recompiles only what changed instead of everything (its fingerprints keep this correct).
+  local newest
+  newest=$(ls -dt "$CACHE"/evcxr-build/*/ 2>/dev/null | head -1)
+  if [[ ! -d "$EVCXR_TMPDIR" && -n "$newest" ]]; then
+    cp -a "${newest%/}" "$EVCXR_TMPDIR"
+  fi
   mkdir -p "$EVCXR_TMPDIR" "$CACHE/evcxr-build/.cargo"
   touch "$EVCXR_TMPDIR"
   # Keep the build folders of the two most recent lock files; older ones only take disk space.

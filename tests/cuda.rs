@@ -5,6 +5,7 @@
 use tinygpt::candle_core::{DType, Device, Tensor};
 use tinygpt::data::loader::{document_ids, Batch};
 use tinygpt::model::{Gpt, GptConfig, KvCache};
+use tinygpt_tests::{max_abs_diff, packed_batch};
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA GPU (these tests run on GPU machines only)")
@@ -31,46 +32,7 @@ fn sample_batch() -> Batch {
                 .collect()
         })
         .collect();
-    let t = 64;
-    let mut b = Batch {
-        b: rows.len(),
-        t,
-        x: vec![],
-        y: vec![],
-        doc: vec![],
-        pos: vec![],
-    };
-    for row in &rows {
-        let (doc, pos) = document_ids(&row[..t], 0);
-        b.x.extend(&row[..t]);
-        b.y.extend(&row[1..]);
-        b.doc.extend(doc);
-        b.pos.extend(pos);
-    }
-    b
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    packed_batch(&rows, 0)
 }
 
 #[test]

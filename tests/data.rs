@@ -101,7 +101,12 @@ fn loader_batches_carry_targets_documents_and_positions() {
     let tokens: Vec<u16> = vec![
         100, 1, 2, 3, 100, 4, 5, 100, 6, 7, 8, 9, 10, 11, 100, 12, 13,
     ];
-    write_shards(dir.path(), &[tokens.clone()], &[tokens.clone()], 100);
+    write_shards(
+        dir.path(),
+        std::slice::from_ref(&tokens),
+        std::slice::from_ref(&tokens),
+        100,
+    );
     let config = LoaderConfig {
         batch_size: 2,
         block_size: 4,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tinygpt::candle_core::{DType, Device, Tensor, Var};
 use tinygpt::data::loader::{document_ids, Batch};
 use tinygpt::model::{self, generate, GenerateOptions, Gpt, GptConfig, Mlp, Norm, Positions};
-use tinygpt_tests::shared;
+use tinygpt_tests::{max_abs_diff, packed_batch, shared};
 
 const EOS: u32 = 0;
 
@@ -56,25 +56,8 @@ fn variants() -> Vec<(&'static str, GptConfig)> {
     ]
 }
 
-/// A batch of `rows`, each starting with EOS and holding several stories.
 fn batch(rows: &[Vec<u32>]) -> Batch {
-    let t = rows[0].len() - 1;
-    let mut b = Batch {
-        b: rows.len(),
-        t,
-        x: vec![],
-        y: vec![],
-        doc: vec![],
-        pos: vec![],
-    };
-    for row in rows {
-        let (doc, pos) = document_ids(&row[..t], EOS);
-        b.x.extend(&row[..t]);
-        b.y.extend(&row[1..]);
-        b.doc.extend(doc);
-        b.pos.extend(pos);
-    }
-    b
+    packed_batch(rows, EOS)
 }
 
 fn sample_rows() -> Vec<Vec<u32>> {
@@ -84,21 +67,6 @@ fn sample_rows() -> Vec<Vec<u32>> {
             17, 3, 3, 25, EOS, 6, 14, 33, 21, 2, EOS, 9, 9, 10, 36, 5, 19,
         ],
     ]
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -113,3 +113,45 @@ pub fn hub_cache(root: &Path) -> PathBuf {
     .unwrap();
     root.to_owned()
 }
+
+/// A batch of packed rows of `t + 1` tokens each (inputs and targets), with the loader's
+/// document ids and positions for end-of-text id `eos`.
+pub fn packed_batch(rows: &[Vec<u32>], eos: u32) -> tinygpt::data::Batch {
+    let t = rows[0].len() - 1;
+    let mut b = tinygpt::data::Batch {
+        b: rows.len(),
+        t,
+        x: vec![],
+        y: vec![],
+        doc: vec![],
+        pos: vec![],
+    };
+    for row in rows {
+        let (doc, pos) = tinygpt::data::document_ids(&row[..t], eos);
+        b.x.extend(&row[..t]);
+        b.y.extend(&row[1..]);
+        b.doc.extend(doc);
+        b.pos.extend(pos);
+    }
+    b
+}
+
+/// The largest absolute difference between two tensors of the same shape, on any device.
+pub fn max_abs_diff(a: &tinygpt::candle_core::Tensor, b: &tinygpt::candle_core::Tensor) -> f32 {
+    use tinygpt::candle_core::{DType, Device};
+    let host = |t: &tinygpt::candle_core::Tensor| {
+        t.to_device(&Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .unwrap()
+    };
+    (host(a) - host(b))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
