@@ -154,3 +154,120 @@ fn gradient_norm_and_clipping_factor() {
     assert!((clip_factor(norm, 1.0) - 0.2).abs() < 1e-6);
     assert_eq!(clip_factor(0.5, 1.0), 1.0);
 }
+
+/// Shards of the TinyStories sample tokenized with a small BPE trained on it, in a temp folder
+/// that also holds the tokenizer.json (as `prepare --tokenizer bpe:N` leaves it).
+fn small_shards() -> tempfile::TempDir {
+    use tinygpt::data::{prepare, PrepareOptions, Source};
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::Dir(tinygpt_tests::tinystories_dir());
+    let stories = source.stories(tinygpt::data::Split::Val).unwrap();
+    let texts: Vec<&str> = stories.iter().map(String::as_str).collect();
+    let bpe = tinygpt::tokenizer::Bpe::train(&texts, 300, &["<|endoftext|>".to_string()]).unwrap();
+    let tok = tinygpt::Tokenizer::from_bpe(bpe, "bpe:300").unwrap();
+    tok.save(&dir.path().join("tokenizer.json")).unwrap();
+    let options = PrepareOptions {
+        shard_tokens: 400_000,
+        force: false,
+        progress: false,
+    };
+    prepare(&source, &tok, dir.path(), &options).unwrap();
+    dir
+}
+
+fn tiny_run(max_steps: u64) -> tinygpt::train::TrainConfig {
+    tinygpt::train::TrainConfig::recipe(
+        tinygpt::GptConfig::gpt2(2, 2, 32, 64, 300),
+        4,
+        2,
+        max_steps,
+    )
+}
+
+#[test]
+fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run_bit_for_bit() {
+    use tinygpt::train::Trainer;
+    let data = small_shards();
+    let dev = Device::Cpu;
+    let mut straight = Trainer::new(tiny_run(8), data.path(), &dev).unwrap();
+    let expected: Vec<f32> = (0..8).map(|_| straight.step().unwrap().loss).collect();
+    assert!(expected[7] < expected[0], "the loss falls: {expected:?}");
+
+    let ckpt = data.path().join("ckpt");
+    let mut first = Trainer::new(tiny_run(8), data.path(), &dev).unwrap();
+    let mut losses: Vec<f32> = (0..4).map(|_| first.step().unwrap().loss).collect();
+    first.save(&ckpt).unwrap();
+    first.save(&ckpt).unwrap(); // saving again replaces the folder whole
+    drop(first);
+    let mut resumed = Trainer::resume(&ckpt, data.path(), &dev).unwrap();
+    assert_eq!(resumed.steps_done(), 4);
+    losses.extend((0..4).map(|_| resumed.step().unwrap().loss));
+    assert_eq!(losses, expected, "resumed run");
+    // The final weights agree too.
+    for ((name, a), (_, b)) in straight
+        .model()
+        .params()
+        .iter()
+        .zip(resumed.model().params().iter())
+    {
+        assert_eq!(values(a), values(b), "{name}");
+    }
+    // Evaluation: bits per byte is the summed loss in bits over the validation text's bytes.
+    let (loss, bpb) = resumed.evaluate().unwrap();
+    let manifest = tinygpt::data::Manifest::load(data.path()).unwrap();
+    let val = &manifest.splits[&tinygpt::data::Split::Val];
+    let expected_bpb = loss * val.tokens as f64 / std::f64::consts::LN_2 / val.text_bytes as f64;
+    assert!(
+        loss.is_finite() && (bpb - expected_bpb).abs() / expected_bpb < 0.02,
+        "loss {loss}, bpb {bpb} vs {expected_bpb}"
+    );
+    // A folder that is not a training checkpoint.
+    let err = Trainer::resume(data.path(), data.path(), &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("trainer.json") && err.contains("nothing to resume"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tiny_model_overfits_a_single_batch() {
+    use tinygpt::data::Batch;
+    use tinygpt::train::{clip_factor, grad_norm};
+    let dev = Device::Cpu;
+    let model = tinygpt::Gpt::new(&tinygpt::GptConfig::gpt2(2, 2, 32, 32, 50), 5, &dev).unwrap();
+    let row: Vec<u32> = (0..33).map(|i| (i * 7 + 3) % 50).collect();
+    let (doc, pos) = tinygpt::data::document_ids(&row[..32], 0);
+    let batch = Batch {
+        b: 1,
+        t: 32,
+        x: row[..32].to_vec(),
+        y: row[1..].to_vec(),
+        doc,
+        pos,
+    }
+    .to_tensors(&dev)
+    .unwrap();
+    let mut opt = AdamW::new(AdamWConfig {
+        weight_decay: 0.0,
+        ..AdamWConfig::default()
+    });
+    let mut loss = f32::MAX;
+    for _ in 0..300 {
+        let l = model.loss(&batch).unwrap();
+        loss = l.to_scalar::<f32>().unwrap();
+        if loss < 0.1 {
+            break;
+        }
+        let grads = l.backward().unwrap();
+        let norm = grad_norm(model.params(), &grads).unwrap();
+        opt.step(model.params(), &grads, 1e-2, clip_factor(norm, 1.0))
+            .unwrap();
+    }
+    assert!(
+        loss < 0.1,
+        "after training on one batch the loss is still {loss}"
+    );
+}
