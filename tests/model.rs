@@ -613,8 +613,13 @@ fn a_seed_fixes_the_initial_weights_and_sampling() {
         top_p: Some(0.9),
         seed: 9,
         stop_token: None,
+        vocab_limit: Some(100),
     };
     let one = generate(&a, &[0], &options, |_| true).unwrap();
+    assert!(
+        one.iter().all(|&id| id < 100),
+        "ids beyond the tokenizer's vocabulary: {one:?}"
+    );
     assert_eq!(one, generate(&a, &[0], &options, |_| true).unwrap());
     assert_ne!(
         one,

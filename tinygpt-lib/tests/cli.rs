@@ -444,3 +444,126 @@ fn prepare_trains_our_bpe_then_reuses_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn train_writes_metrics_and_checkpoints_and_resumes() {
+    let dir = scratch("train");
+    let data = dir.join("data");
+    let source = tinystories_dir();
+    stdout_of(&run_tinygpt(
+        &[
+            "prepare",
+            "--source",
+            source.to_str().unwrap(),
+            "--tokenizer",
+            "bpe:300",
+            "--out",
+            data.to_str().unwrap(),
+            "--quiet",
+        ],
+        &[],
+    ));
+    let run = dir.join("run");
+    let args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "4",
+        "--eval-interval",
+        "2",
+    ];
+    let out = stdout_of(&run_tinygpt(&args, &[]));
+    assert!(out.contains("4 steps"), "{out}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines[1]["val_bits_per_byte"].as_f64().unwrap() > 0.0 && lines[0].get("val_loss").is_none()
+    );
+    assert!(
+        run.join("checkpoint/model.safetensors").is_file()
+            && run.join("checkpoint/optimizer.safetensors").is_file()
+    );
+    // The checkpoint generates text with its tokenizer.
+    let text = stdout_of(&run_tinygpt(
+        &[
+            "generate",
+            "--checkpoint",
+            run.join("checkpoint").to_str().unwrap(),
+            "--prompt",
+            "Once",
+            "--max-new-tokens",
+            "5",
+        ],
+        &[],
+    ));
+    assert!(text.starts_with("Once"), "{text}");
+    // Resuming a finished run does nothing; a time budget of 0 stops after one step.
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    assert!(stdout_of(&run_tinygpt(&resume, &[])).contains("nothing to do"));
+    let short = dir.join("short");
+    let out = stdout_of(&run_tinygpt(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            short.to_str().unwrap(),
+            "--batch-size",
+            "2",
+            "--time-budget",
+            "0",
+        ],
+        &[],
+    ));
+    assert!(
+        out.contains("1 steps") && short.join("checkpoint/trainer.json").is_file(),
+        "{out}"
+    );
+    // Shards whose vocabulary does not fit the model.
+    let neo = dir.join("neo");
+    stdout_of(&run_tinygpt(
+        &[
+            "prepare",
+            "--source",
+            source.to_str().unwrap(),
+            "--tokenizer",
+            gpt2_tokenizer().to_str().unwrap(),
+            "--out",
+            neo.to_str().unwrap(),
+            "--quiet",
+        ],
+        &[],
+    ));
+    let output = run_tinygpt(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            neo.to_str().unwrap(),
+            "--out",
+            dir.join("bad").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("50257") && stderr.contains("4096"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

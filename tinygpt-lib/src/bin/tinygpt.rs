@@ -47,6 +47,39 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Train a model on prepared shards (CPU or one GPU); checkpoints resume exactly.
+    Train {
+        #[arg(long, default_value = "small", help = preset_help())]
+        preset: String,
+        /// Shards written by `tinygpt prepare` (its --out folder).
+        #[arg(long)]
+        data: PathBuf,
+        /// Run folder: `checkpoint/` and `metrics.jsonl`.
+        #[arg(long, default_value = "runs/train")]
+        out: PathBuf,
+        /// Rows per micro-batch.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Micro-batches per optimizer step.
+        #[arg(long, default_value_t = 1)]
+        grad_accum: usize,
+        /// Length of the schedule, in optimizer steps.
+        #[arg(long, default_value_t = 1000)]
+        max_steps: u64,
+        /// Stop (after a checkpoint) when this many seconds have passed.
+        #[arg(long)]
+        time_budget: Option<f64>,
+        /// Evaluate (validation loss and bits per byte) and checkpoint every N steps.
+        #[arg(long, default_value_t = 100)]
+        eval_interval: u64,
+        /// Continue the run in `--out` from its checkpoint.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Train, use and inspect tokenizers.
     Tokenizer {
         #[command(subcommand)]
@@ -275,6 +308,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_prepare(&report, &out);
         }
         Command::Tokenizer { what } => tokenizer_command(what)?,
+        Command::Train {
+            preset,
+            data,
+            out,
+            batch_size,
+            grad_accum,
+            max_steps,
+            time_budget,
+            eval_interval,
+            resume,
+            seed,
+            device,
+        } => {
+            let device = tinygpt::device::parse_device(&device)?;
+            let config = tinygpt::train::TrainConfig {
+                seed,
+                ..tinygpt::train::TrainConfig::recipe(
+                    GptConfig::preset(&preset)?,
+                    batch_size,
+                    grad_accum,
+                    max_steps,
+                )
+            };
+            train_command(
+                config,
+                &data,
+                &out,
+                time_budget,
+                eval_interval.max(1),
+                resume,
+                &device,
+            )?;
+        }
         Command::Init {
             preset,
             seed,
@@ -456,6 +522,89 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tinygpt train`: steps with a progress bar, metrics.jsonl, evaluation and checkpoints; stops
+/// at `max_steps`, at the time budget, or when a file `STOP` appears in the run folder.
+fn train_command(
+    config: tinygpt::train::TrainConfig,
+    data: &std::path::Path,
+    out: &std::path::Path,
+    time_budget: Option<f64>,
+    eval_interval: u64,
+    resume: bool,
+    device: &Device,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use tinygpt::train::Trainer;
+    let ckpt = out.join("checkpoint");
+    let mut trainer = if resume {
+        Trainer::resume(&ckpt, data, device)?
+    } else {
+        Trainer::new(config, data, device)?
+    };
+    std::fs::create_dir_all(out)?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)?;
+    let max_steps = trainer.config().max_steps;
+    let bar = indicatif::ProgressBar::new(max_steps).with_position(trainer.steps_done());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]",
+        )
+        .unwrap(),
+    );
+    let start = std::time::Instant::now();
+    let stop_file = out.join("STOP");
+    let mut last = None;
+    while trainer.steps_done() < max_steps {
+        let m = trainer.step()?;
+        let mut record = serde_json::to_value(&m)?;
+        record["elapsed_s"] = serde_json::json!(start.elapsed().as_secs_f64());
+        if m.skipped {
+            bar.println(format!(
+                "step {}: loss {} / gradient norm {} is not finite; update skipped",
+                m.step, m.loss, m.grad_norm
+            ));
+        }
+        let out_of_time =
+            time_budget.is_some_and(|t| start.elapsed().as_secs_f64() >= t) || stop_file.exists();
+        if m.step % eval_interval == 0 || m.step == max_steps || out_of_time {
+            let (val_loss, bpb) = trainer.evaluate()?;
+            record["val_loss"] = serde_json::json!(val_loss);
+            record["val_bits_per_byte"] = serde_json::json!(bpb);
+            trainer.save(&ckpt)?;
+            bar.println(format!("step {}: train loss {:.3}, val loss {val_loss:.3}, {bpb:.3} bits/byte; checkpoint saved", m.step, m.loss));
+        }
+        writeln!(metrics, "{record}")?;
+        bar.set_position(m.step);
+        bar.set_message(format!("loss {:.3}, {:.0} tok/s", m.loss, m.tokens_per_s));
+        last = Some(m);
+        if out_of_time {
+            bar.println("stopping: time budget reached or STOP file found");
+            break;
+        }
+    }
+    bar.finish();
+    if let Some(m) = last {
+        println!(
+            "{} steps, {} tokens; last train loss {:.3}; checkpoint in {}; metrics in {}",
+            m.step,
+            m.tokens,
+            m.loss,
+            ckpt.display(),
+            metrics_path.display()
+        );
+    } else {
+        println!(
+            "nothing to do: the run in {} has done its {max_steps} steps",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 fn tokenizer_command(what: TokenizerCommand) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     use tinygpt::tokenizer::{read_text, Bpe};
@@ -577,6 +726,7 @@ fn generate(
         top_p,
         seed,
         stop_token: tok.map(|t| t.eos_id()),
+        vocab_limit: tok.map(|t| t.vocab_size()),
     };
     let mut out = std::io::stdout().lock();
     if let (Some(p), "text") = (&prompt, format) {

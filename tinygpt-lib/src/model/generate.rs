@@ -23,6 +23,9 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Stop after producing this token (the end-of-text token: the story is over).
     pub stop_token: Option<u32>,
+    /// Sample only among the first this many ids: the tokenizer's vocabulary, when the model's
+    /// is padded beyond it (50,257 → 50,304) and the extra rows are ids no text decodes from.
+    pub vocab_limit: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -34,6 +37,7 @@ impl Default for GenerateOptions {
             top_p: None,
             seed: 1337,
             stop_token: None,
+            vocab_limit: None,
         }
     }
 }
@@ -223,7 +227,10 @@ fn sample_loop(
         if restart {
             cached = 0;
         }
-        let logits = step(&pending, restart)?;
+        let mut logits = step(&pending, restart)?;
+        if let Some(n) = options.vocab_limit {
+            logits.truncate(n.max(1));
+        }
         cached += pending.len();
         restart = false;
         let next = sampler.sample(&logits);
