@@ -555,6 +555,14 @@ fn train_command(
         )
         .unwrap(),
     );
+    // Messages go through the bar on a terminal, straight to stdout otherwise (logs, CI).
+    let say = |msg: String| {
+        if bar.is_hidden() {
+            println!("{msg}")
+        } else {
+            bar.println(msg)
+        }
+    };
     let start = std::time::Instant::now();
     let stop_file = out.join("STOP");
     let mut last = None;
@@ -563,7 +571,7 @@ fn train_command(
         let mut record = serde_json::to_value(&m)?;
         record["elapsed_s"] = serde_json::json!(start.elapsed().as_secs_f64());
         if m.skipped {
-            bar.println(format!(
+            say(format!(
                 "step {}: loss {} / gradient norm {} is not finite; update skipped",
                 m.step, m.loss, m.grad_norm
             ));
@@ -575,14 +583,14 @@ fn train_command(
             record["val_loss"] = serde_json::json!(val_loss);
             record["val_bits_per_byte"] = serde_json::json!(bpb);
             trainer.save(&ckpt)?;
-            bar.println(format!("step {}: train loss {:.3}, val loss {val_loss:.3}, {bpb:.3} bits/byte; checkpoint saved", m.step, m.loss));
+            say(format!("step {}: train loss {:.3}, val loss {val_loss:.3}, {bpb:.3} bits/byte; checkpoint saved", m.step, m.loss));
         }
         writeln!(metrics, "{record}")?;
         bar.set_position(m.step);
         bar.set_message(format!("loss {:.3}, {:.0} tok/s", m.loss, m.tokens_per_s));
         last = Some(m);
         if out_of_time {
-            bar.println("stopping: time budget reached or STOP file found");
+            say("stopping: time budget reached or STOP file found".into());
             break;
         }
     }
