@@ -389,6 +389,12 @@ fn checkpoints_round_trip_and_catch_mismatches() {
     let ckpt = dir.path().join("ckpt");
     model::checkpoint::save(&ckpt, &model, Some(&tok)).unwrap();
     let loaded = model::checkpoint::load(&ckpt, &dev).unwrap();
+    let load_err = || {
+        model::checkpoint::load(&ckpt, &dev)
+            .err()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(
         loaded.tokenizer.as_ref().unwrap().fingerprint(),
         tok.fingerprint()
@@ -405,10 +411,7 @@ fn checkpoints_round_trip_and_catch_mismatches() {
         original.replace("\"n_layer\": 2", "\"n_layer\": 3"),
     )
     .unwrap();
-    let err = model::checkpoint::load(&ckpt, &dev)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_err();
     assert!(
         err.contains("model.safetensors") && err.contains("h.2."),
         "{err}"
@@ -418,20 +421,14 @@ fn checkpoints_round_trip_and_catch_mismatches() {
         original.replace("\"n_embd\": 16", "\"n_embd\": 32"),
     )
     .unwrap();
-    let err = model::checkpoint::load(&ckpt, &dev)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_err();
     assert!(err.contains("shape"), "{err}");
     std::fs::write(
         &config_path,
         original.replace("\"n_head\": 4", "\"n_head\": 3"),
     )
     .unwrap();
-    let err = model::checkpoint::load(&ckpt, &dev)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_err();
     assert!(
         err.contains("config.json") && err.contains("n_embd 16 is not divisible by n_head 3"),
         "{err}"
@@ -446,10 +443,7 @@ fn checkpoints_round_trip_and_catch_mismatches() {
     );
     assert!(tok_json.contains(ours));
     std::fs::write(&tok_path, tok_json.replacen(ours, theirs, 1)).unwrap();
-    let err = model::checkpoint::load(&ckpt, &dev)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_err();
     assert!(
         err.contains("tokenizer.json") && err.contains("fingerprint"),
         "{err}"
@@ -459,10 +453,7 @@ fn checkpoints_round_trip_and_catch_mismatches() {
     let weights = ckpt.join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
-    let err = model::checkpoint::load(&ckpt, &dev)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_err();
     assert!(
         err.contains("model.safetensors") && err.contains("truncated"),
         "{err}"

@@ -126,19 +126,27 @@ fn transpose(t: &Tensor) -> Result<Tensor> {
     Ok(t.t()?.contiguous()?)
 }
 
+/// Whether a weight is one of GPT-2's `Conv1D` layers, stored as `(in, out)`: the transpose of ours.
+fn is_conv1d(name: &str) -> bool {
+    [
+        ".attn.c_attn.weight",
+        ".attn.c_proj.weight",
+        ".mlp.c_fc.weight",
+        ".mlp.c_proj.weight",
+    ]
+    .iter()
+    .any(|s| name.ends_with(s))
+}
+
 /// Our names → GPT-2's (`transformer.` prefix; Conv1D weights transposed; biases always present).
 fn to_gpt2(cfg: &GptConfig, ours: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
     for (name, t) in ours {
-        let conv1d = [
-            ".attn.c_attn.weight",
-            ".attn.c_proj.weight",
-            ".mlp.c_fc.weight",
-            ".mlp.c_proj.weight",
-        ]
-        .iter()
-        .any(|s| name.ends_with(s));
-        let t = if conv1d { transpose(t)? } else { t.clone() };
+        let t = if is_conv1d(name) {
+            transpose(t)?
+        } else {
+            t.clone()
+        };
         let hf_name = if name == "lm_head.weight" {
             name.clone()
         } else {
@@ -345,15 +353,8 @@ fn from_gpt2(cfg: &GptConfig, hf: HashMap<String, Tensor>) -> Result<HashMap<Str
         {
             continue; // old causal-mask buffers; the tied head is wte
         }
-        let conv1d = [
-            ".attn.c_attn.weight",
-            ".attn.c_proj.weight",
-            ".mlp.c_fc.weight",
-            ".mlp.c_proj.weight",
-        ]
-        .iter()
-        .any(|s| name.ends_with(s));
-        out.insert(name, if conv1d { transpose(&t)? } else { t });
+        let t = if is_conv1d(&name) { transpose(&t)? } else { t };
+        out.insert(name, t);
     }
     Ok(out)
 }
