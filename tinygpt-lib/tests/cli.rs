@@ -565,5 +565,32 @@ fn train_writes_metrics_and_checkpoints_and_resumes() {
         !output.status.success() && stderr.contains("50257") && stderr.contains("4096"),
         "{stderr}"
     );
+    // `eval` of the checkpoint gives the validation loss the run recorded last; on shards of
+    // another tokenizer it refuses.
+    let ckpt = run.join("checkpoint");
+    let args = [
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "2",
+    ];
+    let out = stdout_of(&run_tinygpt(&args, &[]));
+    let recorded = lines[3]["val_loss"].as_f64().unwrap();
+    assert!(
+        out.contains(&format!("validation loss {recorded:.4}")),
+        "{out} vs {recorded}"
+    );
+    let args = [
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        neo.to_str().unwrap(),
+    ];
+    let output = run_tinygpt(&args, &[]);
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("50257"));
     let _ = std::fs::remove_dir_all(&dir);
 }

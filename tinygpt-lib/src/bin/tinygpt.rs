@@ -80,6 +80,19 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Validation loss and bits per byte of a checkpoint on prepared shards.
+    Eval {
+        /// A checkpoint folder (ours or Hugging Face) or a llama2.c .bin file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Shards written by `tinygpt prepare` with the checkpoint's tokenizer.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Train, use and inspect tokenizers.
     Tokenizer {
         #[command(subcommand)]
@@ -308,6 +321,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_prepare(&report, &out);
         }
         Command::Tokenizer { what } => tokenizer_command(what)?,
+        Command::Eval {
+            checkpoint: path,
+            data,
+            batch_size,
+            device,
+        } => {
+            let device = tinygpt::device::parse_device(&device)?;
+            let loaded = checkpoint::load(&path, &device)?;
+            let (loss, bpb) = tinygpt::train::evaluate(
+                &loaded.model,
+                &data,
+                batch_size,
+                loaded.tokenizer.as_ref(),
+            )?;
+            println!(
+                "{}: validation loss {loss:.4} nats/token, {bpb:.4} bits/byte",
+                path.display()
+            );
+        }
         Command::Train {
             preset,
             data,

@@ -7,4 +7,4 @@ pub mod trainer;
 
 pub use optim::{clip_factor, grad_norm, AdamW, AdamWConfig};
 pub use schedule::CosineSchedule;
-pub use trainer::{StepMetrics, TrainConfig, Trainer};
+pub use trainer::{evaluate, StepMetrics, TrainConfig, Trainer};

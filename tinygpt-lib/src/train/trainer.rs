@@ -280,32 +280,14 @@ impl Trainer {
         })
     }
 
-    /// The validation loss (nats per token) over the whole validation split, and the same in
-    /// **bits per byte**: summed loss / ln 2 / UTF-8 bytes of the validation text — a number that
-    /// does not depend on the tokenizer, so runs with different vocabularies compare.
+    /// The validation loss and bits per byte of the model now (see [`evaluate`]).
     pub fn evaluate(&self) -> Result<(f64, f64)> {
-        let val = ValLoader::open(
+        evaluate(
+            &self.model,
             &self.data_dir,
             self.config.batch_size,
-            self.config.model.block_size,
-            0,
-            1,
             self.tokenizer.as_ref(),
-        )?;
-        let (mut nats, mut count) = (0f64, 0f64);
-        for batch in val {
-            let data = batch.to_tensors(self.model.device())?;
-            let logits = self.model.forward(&data.x, &data.doc, &data.pos)?;
-            let (sum, n) = cross_entropy_sum(&logits, &data.y)?;
-            nats += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            count += n.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        }
-        let manifest = Manifest::load(&self.data_dir)?;
-        let bytes = manifest.splits.get(&Split::Val).map_or(0, |s| s.text_bytes) as f64;
-        Ok((
-            nats / count.max(1.0),
-            nats / std::f64::consts::LN_2 / bytes.max(1.0),
-        ))
+        )
     }
 
     /// Writes a checkpoint folder `dir` (model, tokenizer, optimizer, trainer state): first into
@@ -333,6 +315,46 @@ impl Trainer {
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
+}
+
+/// The validation loss (nats per token) of `model` over the whole validation split in
+/// `data_dir`, and the same in **bits per byte**: summed loss / ln 2 / UTF-8 bytes of the
+/// validation text — a number that does not depend on the tokenizer, so runs with different
+/// vocabularies compare. With a tokenizer, the shards are checked against it first.
+pub fn evaluate(
+    model: &Gpt,
+    data_dir: &Path,
+    batch_size: usize,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<(f64, f64)> {
+    let manifest = Manifest::load(data_dir)?;
+    if manifest.tokenizer.vocab_size > model.config().vocab_size {
+        return Err(Error::data(
+            data_dir,
+            format!("the shards use {} token ids but the model has only {}: they were not made for each other", manifest.tokenizer.vocab_size, model.config().vocab_size),
+        ));
+    }
+    let val = ValLoader::open(
+        data_dir,
+        batch_size.max(1),
+        model.config().block_size,
+        0,
+        1,
+        tokenizer,
+    )?;
+    let (mut nats, mut count) = (0f64, 0f64);
+    for batch in val {
+        let data = batch.to_tensors(model.device())?;
+        let logits = model.forward(&data.x, &data.doc, &data.pos)?;
+        let (sum, n) = cross_entropy_sum(&logits, &data.y)?;
+        nats += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        count += n.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
+    let bytes = manifest.splits.get(&Split::Val).map_or(0, |s| s.text_bytes) as f64;
+    Ok((
+        nats / count.max(1.0),
+        nats / std::f64::consts::LN_2 / bytes.max(1.0),
+    ))
 }
 
 /// `ckpt` → `ckpt.tmp` (a sibling folder).
