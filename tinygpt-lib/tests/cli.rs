@@ -594,3 +594,41 @@ fn train_writes_metrics_and_checkpoints_and_resumes() {
     assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("50257"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn quickstart_trains_below_the_unigram_entropy_and_writes_a_curve_and_a_story() {
+    let dir = scratch("quickstart");
+    let source = tinystories_dir();
+    let args = [
+        "quickstart",
+        "--source",
+        source.to_str().unwrap(),
+        "--time-budget",
+        "60",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    let out = stdout_of(&run_tinygpt(&args, &[]));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("4/4 validation loss"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let numbers: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (val_loss, unigram) = (numbers[1], *numbers.last().unwrap());
+    assert!(
+        val_loss < unigram - 0.5,
+        "validation loss {val_loss} is not clearly below the unigram entropy {unigram}: {out}"
+    );
+    let png = std::fs::read(dir.join("loss.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    assert!(dir.join("run/checkpoint/model.safetensors").is_file());
+    let story = out.split("A story:").nth(1).unwrap().trim();
+    assert!(
+        story.starts_with("Once upon a time") && story.split_whitespace().count() > 10,
+        "{story}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
