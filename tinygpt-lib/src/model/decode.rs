@@ -32,7 +32,7 @@ pub struct CpuDecoder {
     ln_f: (Vec<f32>, Option<Vec<f32>>),
     /// `None` when tied to `wte`.
     lm_head: Option<Vec<f32>>,
-    /// RoPE `cos`/`sin`, `(block_size, hd/2)`, computed as [`super::rope::Rope`] does.
+    /// RoPE `cos`/`sin`, `(block_size, hd/2)`: the tables of [`super::rope::tables`].
     rope: Option<(Vec<f32>, Vec<f32>)>,
     /// Keys and values per layer, `(block_size, n_kv_head·hd)`.
     k_cache: Vec<Vec<f32>>,
@@ -74,17 +74,7 @@ impl CpuDecoder {
         let hd = cfg.head_dim();
         let rope = match cfg.positions {
             Positions::Learned => None,
-            Positions::Rope { theta } => {
-                let (mut cos, mut sin) = (vec![], vec![]);
-                for p in 0..cfg.block_size {
-                    for j in 0..hd / 2 {
-                        let angle = p as f64 * (theta as f64).powf(-2.0 * j as f64 / hd as f64);
-                        cos.push(angle.cos() as f32);
-                        sin.push(angle.sin() as f32);
-                    }
-                }
-                Some((cos, sin))
-            }
+            Positions::Rope { theta } => Some(super::rope::tables(theta, hd, cfg.block_size)),
         };
         let kv = cfg.n_kv_head * hd;
         Ok(CpuDecoder {

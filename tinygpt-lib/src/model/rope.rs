@@ -22,17 +22,8 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(theta: f32, head_dim: usize, max_positions: usize, device: &Device) -> Result<Self> {
+        let (cos, sin) = tables(theta, head_dim, max_positions);
         let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for p in 0..max_positions {
-            for j in 0..half {
-                let freq = (theta as f64).powf(-2.0 * j as f64 / head_dim as f64);
-                let angle = p as f64 * freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
         Ok(Rope {
             cos: Tensor::from_vec(cos, (max_positions, half), device)?,
             sin: Tensor::from_vec(sin, (max_positions, half), device)?,
@@ -53,6 +44,22 @@ impl Rope {
         };
         Ok((pick(&self.cos)?, pick(&self.sin)?))
     }
+}
+
+/// `cos(p · θ^(-2j/hd))` and `sin(…)` for every position `p < max_positions` and pair
+/// `j < hd/2`, row-major `(max_positions, hd/2)`, computed in f64 and stored as f32.
+pub fn tables(theta: f32, head_dim: usize, max_positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(max_positions * half);
+    let mut sin = Vec::with_capacity(max_positions * half);
+    for p in 0..max_positions {
+        for j in 0..half {
+            let angle = p as f64 * (theta as f64).powf(-2.0 * j as f64 / head_dim as f64);
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
 }
 
 /// Rotates `x` of shape `(B, H, T, hd)`: `[x1, x2] → [x1·cos − x2·sin, x2·cos + x1·sin]`.
