@@ -3,9 +3,9 @@
 #![cfg(feature = "cuda")]
 
 use tinygpt::candle_core::{DType, Device, Tensor};
-use tinygpt::data::loader::{document_ids, Batch};
+use tinygpt::data::loader::Batch;
 use tinygpt::model::{Gpt, GptConfig, KvCache};
-use tinygpt_tests::{max_abs_diff, packed_batch};
+use tinygpt_tests::{max_abs_diff, packed_batch, packed_vs_separate, three_stories};
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA GPU (these tests run on GPU machines only)")
@@ -103,32 +103,14 @@ fn bf16_loss_agrees_with_f32_and_every_weight_gets_a_gradient() {
 #[test]
 fn gpu_packed_rows_equal_separate_stories_and_kv_cache_equals_recompute() {
     let dev = gpu();
-    let stories = [
-        vec![0u32, 5, 9, 3, 7],
-        vec![0, 12, 30, 2, 2, 8, 21],
-        vec![0, 39, 1, 4],
-    ];
-    let packed: Vec<u32> = stories.concat();
-    let (doc, pos) = document_ids(&packed, 0);
     let row = |v: &[u32]| Tensor::from_slice(v, (1, v.len()), &dev).unwrap();
+    let packed: Vec<u32> = three_stories(0).concat();
     for cfg in configs() {
         let model = Gpt::new(&cfg, 3, &dev).unwrap();
-        let logits = model
-            .forward(&row(&packed), &row(&doc), &row(&pos))
-            .unwrap();
-        let mut start = 0;
-        for s in &stories {
-            let n = s.len();
-            let alone = model
-                .forward(
-                    &row(s),
-                    &row(&vec![0; n]),
-                    &row(&(0..n as u32).collect::<Vec<_>>()),
-                )
-                .unwrap();
-            assert!(max_abs_diff(&logits.narrow(1, start, n).unwrap(), &alone) < 1e-4);
-            start += n;
-        }
+        assert!(
+            packed_vs_separate(&model, &three_stories(0), 0) < 1e-4,
+            "packed != separate on the GPU"
+        );
         let s = &packed[..9];
         let full = model
             .forward(&row(s), &row(&[0; 9]), &row(&(0..9).collect::<Vec<_>>()))

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use tinygpt::candle_core::{DType, Device, Tensor, Var};
-use tinygpt::data::loader::{document_ids, Batch};
+use tinygpt::data::loader::Batch;
 use tinygpt::model::{self, generate, GenerateOptions, Gpt, GptConfig, Mlp, Norm, Positions};
-use tinygpt_tests::{max_abs_diff, packed_batch, shared};
+use tinygpt_tests::{max_abs_diff, packed_batch, packed_vs_separate, shared, three_stories};
 
 const EOS: u32 = 0;
 
@@ -156,37 +156,13 @@ fn set(var: &Var, values: Vec<f64>) {
 
 #[test]
 fn packed_rows_give_the_logits_of_separate_stories() {
-    let dev = Device::Cpu;
-    let stories = [
-        vec![EOS, 5, 9, 3, 7],
-        vec![EOS, 12, 30, 2, 2, 8, 21],
-        vec![EOS, 39, 1, 4],
-    ];
-    let packed: Vec<u32> = stories.concat();
-    let (doc, pos) = document_ids(&packed, EOS);
-    let t = packed.len();
     for (name, cfg) in variants() {
-        let model = Gpt::new(&cfg, 3, &dev).unwrap();
-        let row = |v: &[u32]| Tensor::from_slice(v, (1, v.len()), &dev).unwrap();
-        let logits = model
-            .forward(&row(&packed), &row(&doc), &row(&pos))
-            .unwrap();
-        assert_eq!(logits.dims(), &[1, t, cfg.vocab_size]);
-        let mut start = 0;
-        for s in &stories {
-            let n = s.len();
-            let alone = model
-                .forward(
-                    &row(s),
-                    &row(&vec![0; n]),
-                    &row(&(0..n as u32).collect::<Vec<_>>()),
-                )
-                .unwrap();
-            let part = logits.narrow(1, start, n).unwrap();
-            let diff = max_abs_diff(&part, &alone);
-            assert!(diff < 1e-5, "{name}: story at {start} differs by {diff}");
-            start += n;
-        }
+        let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
+        let diff = packed_vs_separate(&model, &three_stories(EOS), EOS);
+        assert!(
+            diff < 1e-5,
+            "{name}: a packed story differs from it alone by {diff}"
+        );
     }
 }
 

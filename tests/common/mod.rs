@@ -155,3 +155,38 @@ pub fn max_abs_diff(a: &tinygpt::candle_core::Tensor, b: &tinygpt::candle_core::
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Three stories of a few tokens, each opened by `eos`.
+pub fn three_stories(eos: u32) -> [Vec<u32>; 3] {
+    [
+        vec![eos, 5, 9, 3, 7],
+        vec![eos, 12, 30, 2, 2, 8, 21],
+        vec![eos, 39, 1, 4],
+    ]
+}
+
+/// The largest logit difference between a row packing `stories` (with the loader's document
+/// ids and positions) and each story run on its own, on the model's device.
+pub fn packed_vs_separate(model: &tinygpt::Gpt, stories: &[Vec<u32>], eos: u32) -> f32 {
+    use tinygpt::candle_core::Tensor;
+    let dev = model.device();
+    let row = |v: &[u32]| Tensor::from_slice(v, (1, v.len()), dev).unwrap();
+    let packed: Vec<u32> = stories.concat();
+    let (doc, pos) = tinygpt::data::document_ids(&packed, eos);
+    let logits = model
+        .forward(&row(&packed), &row(&doc), &row(&pos))
+        .unwrap();
+    assert_eq!(logits.dims(), &[1, packed.len(), model.config().vocab_size]);
+    let mut start = 0;
+    let mut worst = 0f32;
+    for s in stories {
+        let n = s.len();
+        let positions: Vec<u32> = (0..n as u32).collect();
+        let alone = model
+            .forward(&row(s), &row(&vec![0; n]), &row(&positions))
+            .unwrap();
+        worst = worst.max(max_abs_diff(&logits.narrow(1, start, n).unwrap(), &alone));
+        start += n;
+    }
+    worst
+}
