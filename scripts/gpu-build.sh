@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 [[ -d .cuda/venv ]] || scripts/cuda-env.sh setup
 FEATURES="${FEATURES:-cuda,nccl}"
 scripts/cuda-env.sh cargo build --release --features "$FEATURES" -p tinygpt --bin tinygpt
-TEST="$(scripts/cuda-env.sh cargo test --release --features cuda -p tinygpt-tests --test cuda --no-run --message-format=json 2>/dev/null |
+TEST="$(scripts/cuda-env.sh cargo test --release --features "$FEATURES" -p tinygpt-tests --test cuda --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
@@ -14,6 +14,10 @@ for l in sys.stdin:
 rm -rf gpu/stage && mkdir -p gpu/stage
 cp target/release/tinygpt gpu/stage/tinygpt
 cp "$TEST" gpu/stage/cuda-tests
-strip gpu/stage/*
+strip gpu/stage/tinygpt gpu/stage/cuda-tests
+# The TinyStories sample as GPT-Neo shards, for a short real training run on the GPU machine.
+cargo build -q -p tinygpt --bin tinygpt   # the CPU debug build: it runs here
+target/debug/tinygpt prepare --source "${TINYGPT_SHARED:-../shared}/data/tinystories" \
+  --tokenizer "${TINYGPT_SHARED:-../shared}/data/tokenizers/gpt2/tokenizer.json" --out gpu/stage/data --quiet
 tar czf gpu/tinygpt-gpu.tar.gz -C gpu/stage .
 ls -la gpu/tinygpt-gpu.tar.gz

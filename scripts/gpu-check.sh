@@ -2,7 +2,8 @@
 # The GPU check, run on a lent GPU machine (no network there) by the `device` tool:
 #
 #   scripts/gpu-build.sh                     # here: builds gpu/tinygpt-gpu.tar.gz (CUDA binaries)
-#   scripts/gpu-check.sh                     # there: CUDA tests, tinygpt vs PyTorch, a table
+#   scripts/gpu-check.sh                     # there: CUDA tests, tinygpt vs PyTorch, a short
+#                                            # real training run, a table
 #
 # It uses the CUDA 13 libraries of the machine's PyTorch install (libcuda comes from the driver).
 set -uo pipefail
@@ -46,6 +47,20 @@ TORCH_DOC="$(tail -1 "$OUT/log.txt")"
 run "$PY" scripts/torch_reference.py --preset seed-61m --batch-size 32 --steps 20 --mask causal --peak-tflops "$PEAK"
 TORCH_CAUSAL="$(tail -1 "$OUT/log.txt")"
 
+echo "== a short real training run: seed-61m, bf16, TinyStories sample (GPT-Neo tokenizer), 40 steps of 8,192 tokens"
+rm -rf "$OUT/run"
+run "$BIN" train --preset seed-1gpu --data gpu/bin/data --out "$OUT/run" --batch-size 16 --grad-accum 1 \
+  --max-steps 40 --eval-interval 20 --peak-tflops "$PEAK"
+"$PY" - "$OUT/run/metrics.jsonl" <<'PY'
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+first, last = r[0]["loss"], r[-1]["loss"]
+val = [x["val_loss"] for x in r if "val_loss" in x]
+print(f"train loss {first:.3f} -> {last:.3f}; val loss {val}; {r[-1]['tokens_per_s']:.0f} tok/s, MFU {100 * r[-1].get('mfu', 0):.1f}%")
+sys.exit(0 if last < first - 2.0 else 1)
+PY
+RUN=$?
+
 echo "== summary ($NAME)"
 "$PY" - "$OURS" "$TORCH_DOC" "$TORCH_CAUSAL" <<'PY'
 import json, sys
@@ -60,4 +75,5 @@ print(f"{'implementation':38} {'tokens/s':>12} {'MFU':>7} {'vs torch(doc)':>14}"
 for label, tps, mfu in rows:
     print(f"{label:38} {tps:12.0f} {100 * mfu:6.1f}% {tps / rows[1][1]:13.2f}x")
 PY
-exit $TESTS
+[[ $RUN == 0 ]] || echo "FAILED: the training run's loss did not fall"
+exit $(( TESTS || RUN ))

@@ -127,3 +127,16 @@ fn gpu_packed_rows_equal_separate_stories_and_kv_cache_equals_recompute() {
         }
     }
 }
+
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_with_one_gpu_sums_and_broadcasts_as_the_identity() {
+    use tinygpt::train::collective::{Collective, Nccl};
+    let group = Nccl::group(&[gpu()]).unwrap();
+    assert_eq!((group[0].rank(), group[0].world_size()), (0, 1));
+    let t = Tensor::new(&[1f32, -2.5, 3.0, 1e-7], &gpu()).unwrap();
+    let sum: Vec<f32> = group[0].all_reduce_sum(&t).unwrap().to_vec1().unwrap();
+    assert_eq!(sum, vec![1.0, -2.5, 3.0, 1e-7]);
+    let b: Vec<f32> = group[0].broadcast(&t).unwrap().to_vec1().unwrap();
+    assert_eq!(b, vec![1.0, -2.5, 3.0, 1e-7]);
+}

@@ -1,4 +1,5 @@
-//! The optimizer and schedule against values computed by hand.
+//! Training: the optimizer and schedule against values computed by hand; exact resume; data
+//! parallel against gradient accumulation; the run loop's checkpoints and its NaN handling.
 
 use tinygpt::candle_core::{Device, Tensor, Var};
 use tinygpt::model::params::{Init, ParamBuilder, WeightSource};
@@ -189,17 +190,17 @@ fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run_bit_for_bit() {
     use tinygpt::train::Trainer;
     let data = small_shards();
     let dev = Device::Cpu;
-    let mut straight = Trainer::new(tiny_run(8), data.path(), &dev).unwrap();
+    let mut straight = Trainer::new(tiny_run(8), data.path(), &[dev.clone()]).unwrap();
     let expected: Vec<f32> = (0..8).map(|_| straight.step().unwrap().loss).collect();
     assert!(expected[7] < expected[0], "the loss falls: {expected:?}");
 
     let ckpt = data.path().join("ckpt");
-    let mut first = Trainer::new(tiny_run(8), data.path(), &dev).unwrap();
+    let mut first = Trainer::new(tiny_run(8), data.path(), &[dev.clone()]).unwrap();
     let mut losses: Vec<f32> = (0..4).map(|_| first.step().unwrap().loss).collect();
     first.save(&ckpt).unwrap();
     first.save(&ckpt).unwrap(); // saving again replaces the folder whole
     drop(first);
-    let mut resumed = Trainer::resume(&ckpt, data.path(), &dev).unwrap();
+    let mut resumed = Trainer::resume(&ckpt, data.path(), &[dev.clone()]).unwrap();
     assert_eq!(resumed.steps_done(), 4);
     losses.extend((0..4).map(|_| resumed.step().unwrap().loss));
     assert_eq!(losses, expected, "resumed run");
@@ -222,7 +223,7 @@ fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run_bit_for_bit() {
         "loss {loss}, bpb {bpb} vs {expected_bpb}"
     );
     // A folder that is not a training checkpoint.
-    let err = Trainer::resume(data.path(), data.path(), &dev)
+    let err = Trainer::resume(data.path(), data.path(), &[dev.clone()])
         .err()
         .unwrap()
         .to_string();
@@ -270,4 +271,134 @@ fn a_tiny_model_overfits_a_single_batch() {
         loss < 0.1,
         "after training on one batch the loss is still {loss}"
     );
+}
+
+#[test]
+fn two_data_parallel_workers_equal_one_worker_with_the_whole_batch() {
+    use tinygpt::train::Trainer;
+    let data = small_shards();
+    // 1 worker × 4 rows vs 2 workers × 2 rows: the same 4 rows per step (worker r reads the r-th
+    // half of each chunk), so the same averaged gradient and the same updates. Without biases:
+    // the key bias has a gradient of exactly zero in exact arithmetic (softmax ignores a constant
+    // added to every score), so its computed gradient is rounding noise, which Adam's first step
+    // (±lr whatever the gradient's size) would blow up into differences of the learning rate's size.
+    let one = tinygpt::train::TrainConfig {
+        grad_accum: 1,
+        model: tinygpt::GptConfig {
+            bias: false,
+            ..tiny_run(3).model
+        },
+        ..tiny_run(3)
+    };
+    let two = tinygpt::train::TrainConfig {
+        batch_size: 2,
+        ..one.clone()
+    };
+    let mut single = Trainer::new(one, data.path(), &[Device::Cpu]).unwrap();
+    let mut pair = Trainer::new(two, data.path(), &[Device::Cpu, Device::Cpu]).unwrap();
+    assert_eq!(pair.world_size(), 2);
+    assert_eq!(single.tokens_per_step(), pair.tokens_per_step());
+    for step in 0..3 {
+        let (a, b) = (single.step().unwrap(), pair.step().unwrap());
+        assert!(
+            (a.loss - b.loss).abs() < 1e-5 && (a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm,
+            "step {step}: loss {} vs {}, norm {} vs {}",
+            a.loss,
+            b.loss,
+            a.grad_norm,
+            b.grad_norm
+        );
+        assert_eq!(a.tokens, b.tokens);
+    }
+    let mut worst = 0f32;
+    for ((name, a), (_, b)) in single.model().params().iter().zip(pair.model().params().iter()) {
+        for (x, y) in values(a).iter().zip(values(b)) {
+            worst = worst.max((x - y).abs());
+            assert!((x - y).abs() <= 1e-5 + 1e-4 * x.abs(), "{name}: {x} vs {y}");
+        }
+    }
+    // …and the weights did move (a test of equality between two frozen models proves nothing).
+    let fresh = tinygpt::Gpt::new(&single.config().model, 1337, &Device::Cpu).unwrap();
+    let moved = values(fresh.params().get("wte.weight").unwrap())
+        != values(pair.model().params().get("wte.weight").unwrap());
+    assert!(moved);
+    println!("largest difference between the two runs' weights: {worst:e}");
+
+    // A two-worker checkpoint resumes only on two workers.
+    let ckpt = data.path().join("dp-ckpt");
+    pair.save(&ckpt).unwrap();
+    let err = Trainer::resume(&ckpt, data.path(), &[Device::Cpu])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("2 devices"), "{err}");
+    let resumed = Trainer::resume(&ckpt, data.path(), &[Device::Cpu, Device::Cpu]).unwrap();
+    assert_eq!(resumed.steps_done(), 3);
+}
+
+#[test]
+fn the_run_loop_keeps_history_and_best_and_never_saves_a_broken_model() {
+    use tinygpt::train::{run, Event, RunOptions, StopReason, Trainer};
+    let data = small_shards();
+    let out = data.path().join("run");
+    let mut trainer = Trainer::new(tiny_run(6), data.path(), &[Device::Cpu]).unwrap();
+    let options = RunOptions {
+        eval_interval: 2,
+        keep_last: 2,
+        step_budget: Some(4),
+        ..RunOptions::new(&out)
+    };
+    let mut evaluated = vec![];
+    let summary = run(&mut trainer, &options, |e| {
+        if let Event::Step(r) = e {
+            if r.val_loss.is_some() {
+                evaluated.push(r.step)
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(summary.reason, StopReason::StepBudget);
+    assert_eq!(evaluated, vec![2, 4]);
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 4);
+    assert!(out.join("history/step-00000002/model.safetensors").is_file());
+    assert!(out.join("history/step-00000004/trainer.json").is_file());
+    let (best_step, best_loss) = summary.best.unwrap();
+    assert!(best_loss.is_finite() && (best_step == 2 || best_step == 4));
+    assert!(out.join("best/best.json").is_file() && out.join("best/optimizer.safetensors").is_file());
+
+    // The weights go bad (as after an overflow): every step is skipped, nothing is saved, and
+    // after `max_skipped` steps in a row the run gives up, naming the checkpoint to go back to.
+    let before = std::fs::read(out.join("checkpoint/model.safetensors")).unwrap();
+    let wte = trainer.model().params().get("wte.weight").unwrap();
+    wte.set(&(wte.as_tensor() * f64::NAN).unwrap()).unwrap();
+    let mut messages = vec![];
+    let options = RunOptions {
+        eval_interval: 1,
+        max_skipped: 3,
+        step_budget: None,
+        ..options
+    };
+    let err = run(&mut trainer, &options, |e| {
+        if let Event::Message(m) = e {
+            messages.push(m)
+        }
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("diverged") && err.contains("checkpoint"), "{err}");
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert!(messages[0].contains("not finite"), "{messages:?}");
+    assert_eq!(trainer.steps_done(), 4);
+    let records = tinygpt::train::read_metrics(&out.join("metrics.jsonl")).unwrap();
+    assert_eq!(records.len(), 7);
+    assert!(records[6].skipped && records[6].loss.is_nan() && records[3].val_loss.is_some());
+    assert_eq!(
+        std::fs::read(out.join("checkpoint/model.safetensors")).unwrap(),
+        before,
+        "the good checkpoint was kept"
+    );
+    let resumed = Trainer::resume(&out.join("checkpoint"), data.path(), &[Device::Cpu]).unwrap();
+    assert_eq!(resumed.steps_done(), 4);
 }

@@ -33,6 +33,25 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         .map_err(|e| Error::Invalid(format!("--device {spec}: cannot open the GPU ({e})")))
 }
 
+/// Parses `--devices`: a comma-separated list of `cpu`, `cuda` or `cuda:N`, where a bare number
+/// after a `cuda:N` is another GPU (`cuda:0,1` = `cuda:0,cuda:1`). One data-parallel worker runs
+/// per entry; `cpu,cpu` gives two CPU workers (they share the cores: for testing the data-parallel
+/// path, not for speed).
+pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
+    let mut devices = vec![];
+    for item in spec.split(',').map(str::trim) {
+        let item = if item.parse::<usize>().is_ok() {
+            format!("cuda:{item}")
+        } else {
+            item.to_string()
+        };
+        devices.push(parse_device(&item).map_err(|e| {
+            Error::Invalid(format!("--devices {spec}: {e}"))
+        })?);
+    }
+    Ok(devices)
+}
+
 /// Parses `--dtype`: `f32`, `bf16` or `f16`; `auto` means bf16 on a GPU and f32 on the CPU.
 pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType> {
     Ok(match spec {

@@ -464,22 +464,8 @@ fn train_writes_metrics_and_checkpoints_and_resumes() {
         &[],
     ));
     let run = dir.join("run");
-    let args = [
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--batch-size",
-        "2",
-        "--max-steps",
-        "4",
-        "--eval-interval",
-        "2",
-    ];
-    let out = stdout_of(&run_tinygpt(&args, &[]));
+    let four_steps = ["--max-steps", "4", "--eval-interval", "2"];
+    let out = stdout_of(&train_in(&data, &run, &four_steps));
     assert!(out.contains("4 steps"), "{out}");
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -509,26 +495,10 @@ fn train_writes_metrics_and_checkpoints_and_resumes() {
     ));
     assert!(text.starts_with("Once"), "{text}");
     // Resuming a finished run does nothing; a time budget of 0 stops after one step.
-    let mut resume = args.to_vec();
-    resume.push("--resume");
-    assert!(stdout_of(&run_tinygpt(&resume, &[])).contains("nothing to do"));
+    let resume = [&four_steps[..], &["--resume"]].concat();
+    assert!(stdout_of(&train_in(&data, &run, &resume)).contains("nothing to do"));
     let short = dir.join("short");
-    let out = stdout_of(&run_tinygpt(
-        &[
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            short.to_str().unwrap(),
-            "--batch-size",
-            "2",
-            "--time-budget",
-            "0",
-        ],
-        &[],
-    ));
+    let out = stdout_of(&train_in(&data, &short, &["--time-budget", "0"]));
     assert!(
         out.contains("1 steps") && short.join("checkpoint/trainer.json").is_file(),
         "{out}"
@@ -548,51 +518,131 @@ fn train_writes_metrics_and_checkpoints_and_resumes() {
         ],
         &[],
     ));
-    let output = run_tinygpt(
-        &[
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            neo.to_str().unwrap(),
-            "--out",
-            dir.join("bad").to_str().unwrap(),
-        ],
-        &[],
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("50257") && stderr.contains("4096"),
-        "{stderr}"
-    );
+    let stderr = failure(&train_in(&neo, &dir.join("bad"), &[]));
+    assert!(stderr.contains("50257") && stderr.contains("4096"), "{stderr}");
     // `eval` of the checkpoint gives the validation loss the run recorded last; on shards of
     // another tokenizer it refuses.
     let ckpt = run.join("checkpoint");
-    let args = [
-        "eval",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--batch-size",
-        "2",
-    ];
-    let out = stdout_of(&run_tinygpt(&args, &[]));
+    let eval = |data: &Path| {
+        let (ckpt, data) = (ckpt.to_str().unwrap(), data.to_str().unwrap());
+        run_tinygpt(&["eval", "--checkpoint", ckpt, "--data", data, "--batch-size", "2"], &[])
+    };
+    let out = stdout_of(&eval(&data));
     let recorded = lines[3]["val_loss"].as_f64().unwrap();
     assert!(
         out.contains(&format!("validation loss {recorded:.4}")),
         "{out} vs {recorded}"
     );
-    let args = [
-        "eval",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--data",
-        neo.to_str().unwrap(),
-    ];
-    let output = run_tinygpt(&args, &[]);
-    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("50257"));
+    assert!(failure(&eval(&neo)).contains("50257"));
+    train_run_folder_errors_and_configs(&dir, &data, &run, &short);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tinygpt train` with `--out`, the tiny preset, 2 rows per step, and `extra` flags.
+fn train_in(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "2",
+    ];
+    args.extend(extra);
+    run_tinygpt(&args, &[])
+}
+
+fn failure(output: &std::process::Output) -> String {
+    assert!(!output.status.success(), "expected a failure: {}", stdout_of(output));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn trainer_step(ckpt: &Path) -> u64 {
+    let text = std::fs::read_to_string(ckpt.join("trainer.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["step"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The run folder of a finished run (`run`: 4 steps, evaluated every 2) and of a 1-step run
+/// (`short`): history and best copies, refusals, config files, corrupt checkpoints, a full disk.
+fn train_run_folder_errors_and_configs(dir: &Path, data: &Path, run: &Path, short: &Path) {
+    assert!(run.join("history/step-00000002/model.safetensors").is_file());
+    assert!(run.join("history/step-00000004/trainer.json").is_file());
+    assert!(run.join("best/best.json").is_file());
+    // A fresh run into a folder that holds one is refused: nothing is overwritten.
+    let err = failure(&train_in(data, run, &["--max-steps", "4"]));
+    assert!(err.contains("--resume") && err.contains("already holds a run"), "{err}");
+    // --resume where there is nothing to resume; a corrupt checkpoint.
+    let err = failure(&train_in(data, &dir.join("empty"), &["--resume"]));
+    assert!(err.contains("nothing to resume"), "{err}");
+    let corrupt = dir.join("corrupt/checkpoint");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    for f in std::fs::read_dir(run.join("checkpoint")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, corrupt.join(f.file_name().unwrap())).unwrap();
+    }
+    let model = corrupt.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let err = failure(&train_in(data, &dir.join("corrupt"), &["--resume"]));
+    assert!(err.contains("model.safetensors"), "{err}");
+    // Flags: devices, durations.
+    let err = failure(&train_in(data, &dir.join("x"), &["--devices", "cuda:0"]));
+    assert!(err.contains("--devices cuda:0") && err.contains("without CUDA"), "{err}");
+    let err = failure(&train_in(data, &dir.join("x"), &["--devices", "gpu"]));
+    assert!(err.contains("--devices gpu"), "{err}");
+    let err = failure(&train_in(data, &dir.join("x"), &["--time-budget", "10x"]));
+    assert!(err.contains("not a duration"), "{err}");
+    // The original run as a config file: printed, read back, and refused when malformed.
+    let printed = stdout_of(&run_tinygpt(
+        &["train", "--preset", "seed-2x4090", "--print-config"],
+        &[],
+    ));
+    for line in [
+        "devices = \"cuda:0,1\"",
+        "batch_size = 32",
+        "grad_accum = 16",
+        "max_steps = 9500",
+        "n_layer = 12",
+        "vocab_size = 50304",
+        "dtype = \"bf16\"",
+    ] {
+        assert!(printed.contains(line), "{line} in\n{printed}");
+    }
+    let file = dir.join("seed.toml");
+    std::fs::write(&file, &printed).unwrap();
+    let again = stdout_of(&run_tinygpt(
+        &["train", "--config", file.to_str().unwrap(), "--print-config"],
+        &[],
+    ));
+    assert_eq!(again, printed);
+    std::fs::write(&file, printed.replace("batch_size = 32", "batch_size = \"many\"")).unwrap();
+    let err = failure(&run_tinygpt(
+        &["train", "--config", file.to_str().unwrap(), "--data", data.to_str().unwrap()],
+        &[],
+    ));
+    assert!(err.contains("seed.toml") && err.contains("batch_size"), "{err}");
+    // A full disk while checkpointing (files may grow to 1 MB; the model alone is larger): the
+    // run fails with the file's name, the previous checkpoint survives whole and resumes.
+    assert_eq!(trainer_step(&short.join("checkpoint")), 1);
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -f 1024; trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(tinygpt_bin())
+        .args(["train", "--data", data.to_str().unwrap(), "--out", short.to_str().unwrap()])
+        .args(["--resume", "--time-budget", "0"])
+        .env_remove("TINYGPT_DATA")
+        .output()
+        .unwrap();
+    let err = failure(&output);
+    assert!(err.contains("checkpoint.tmp") && err.contains("too large"), "{err}");
+    assert_eq!(trainer_step(&short.join("checkpoint")), 1);
+    let out = stdout_of(&train_in(data, short, &["--resume", "--time-budget", "0"]));
+    assert!(out.contains("2 steps"), "{out}");
 }
 
 #[test]

@@ -47,46 +47,65 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Train a model on prepared shards (CPU or one GPU); checkpoints resume exactly.
+    /// Train a model on prepared shards, on the CPU or data-parallel on GPUs; checkpoints
+    /// resume exactly. Ctrl-C (or a file STOP in --out) stops after a checkpoint.
     Train {
-        #[arg(long, default_value = "small", help = preset_help())]
-        preset: String,
-        /// Shards written by `tinygpt prepare` (its --out folder).
+        #[arg(long, conflicts_with = "config", help = train_preset_help())]
+        preset: Option<String>,
+        /// A run config in TOML (`--print-config` writes one to start from).
         #[arg(long)]
-        data: PathBuf,
-        /// Run folder: `checkpoint/` and `metrics.jsonl`.
+        config: Option<PathBuf>,
+        /// Print the run's config (preset or --config, with the flags applied) as TOML and exit.
+        #[arg(long)]
+        print_config: bool,
+        /// Shards written by `tinygpt prepare` (its --out folder).
+        #[arg(long, required_unless_present = "print_config")]
+        data: Option<PathBuf>,
+        /// Run folder: checkpoint/, best/, history/ and metrics.jsonl.
         #[arg(long, default_value = "runs/train")]
         out: PathBuf,
-        /// Rows per micro-batch.
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        /// Micro-batches per optimizer step.
-        #[arg(long, default_value_t = 1)]
-        grad_accum: usize,
-        /// Length of the schedule, in optimizer steps.
-        #[arg(long, default_value_t = 1000)]
-        max_steps: u64,
-        /// Stop (after a checkpoint) when this many seconds have passed.
+        /// Rows per micro-batch, per device (default: the preset's).
         #[arg(long)]
+        batch_size: Option<usize>,
+        /// Micro-batches per optimizer step (default: the preset's).
+        #[arg(long)]
+        grad_accum: Option<usize>,
+        /// Length of the schedule, in optimizer steps (default: the preset's).
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Stop (after a checkpoint) after this long: 90s, 10m, 2h or seconds.
+        #[arg(long, value_parser = parse_duration)]
         time_budget: Option<f64>,
         /// Evaluate (validation loss and bits per byte) and checkpoint every N steps.
         #[arg(long, default_value_t = 100)]
         eval_interval: u64,
-        /// Continue the run in `--out` from its checkpoint.
+        /// Also checkpoint when this many minutes have passed since the last checkpoint.
+        #[arg(long, default_value_t = 10.0)]
+        checkpoint_minutes: f64,
+        /// Past checkpoints kept in --out/history (hard links, no extra disk).
+        #[arg(long, default_value_t = 3)]
+        keep_last: usize,
+        /// Continue the run in `--out` from its checkpoint (its config is the checkpoint's).
         #[arg(long)]
         resume: bool,
-        #[arg(long, default_value_t = 1337)]
-        seed: u64,
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// Seed of the initial weights and the data order (default: the preset's, 1337).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Workers, one per device: cpu, cuda:0, cuda:0,1 (default: the preset's).
+        #[arg(long, alias = "device")]
+        devices: Option<String>,
+        /// The peak TFLOP/s of one device, for MFU (default: a measured matmul on the CPU; on a
+        /// GPU give it, e.g. 989 for an H100 SXM in bf16, 165 for an RTX 4090).
+        #[arg(long)]
+        peak_tflops: Option<f64>,
     },
     /// The whole pipeline on a fresh machine: TinyStories → our BPE (4096) → shards → a CPU-sized
     /// model trained within a time budget → validation loss, a loss-curve PNG and a story.
     Quickstart {
         #[arg(long, env = "TINYGPT_DATA", default_value = "hub")]
         source: String,
-        /// Training time, in seconds.
-        #[arg(long, default_value_t = 600.0)]
+        /// Training time: 90s, 10m, 1h or seconds.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
         time_budget: f64,
         #[arg(long, default_value = "runs/quickstart")]
         out: PathBuf,
@@ -279,6 +298,42 @@ fn preset_help() -> String {
     format!("A model preset. {}", lines.join("; "))
 }
 
+fn train_preset_help() -> String {
+    let lines: Vec<String> = tinygpt::train::TRAIN_PRESETS
+        .iter()
+        .map(|(n, d)| format!("{n}: {d}"))
+        .collect();
+    format!(
+        "A run preset ({}) or a model preset (see `tinygpt summary --help`) trained on the CPU [default: small]",
+        lines.join("; ")
+    )
+}
+
+/// `90s`, `10m`, `2h` or a number of seconds, in seconds.
+fn parse_duration(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1.0),
+        Some((i, 'm')) => (&t[..i], 60.0),
+        Some((i, 'h')) => (&t[..i], 3600.0),
+        _ => (t, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(n) if n >= 0.0 && n.is_finite() => Ok(n * unit),
+        _ => Err(format!(
+            "`{text}` is not a duration; write e.g. 90s, 10m, 1.5h or a number of seconds"
+        )),
+    }
+}
+
+/// The `[train]` table and the devices of a run, as `--config` reads and `--print-config`
+/// writes them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunFile {
+    devices: String,
+    train: tinygpt::train::TrainConfig,
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -362,6 +417,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train {
             preset,
+            config,
+            print_config,
             data,
             out,
             batch_size,
@@ -369,29 +426,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_steps,
             time_budget,
             eval_interval,
+            checkpoint_minutes,
+            keep_last,
             resume,
             seed,
-            device,
+            devices,
+            peak_tflops,
         } => {
-            let device = tinygpt::device::parse_device(&device)?;
-            let config = tinygpt::train::TrainConfig {
-                seed,
-                ..tinygpt::train::TrainConfig::recipe(
-                    GptConfig::preset(&preset)?,
-                    batch_size,
-                    grad_accum,
-                    max_steps,
-                )
+            let mut run_file = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+                    toml::from_str::<RunFile>(&text).map_err(|e| {
+                        anyhow::anyhow!("--config {}: not a run config: {e}(`tinygpt train --print-config` writes a valid one)", path.display())
+                    })?
+                }
+                None => {
+                    let (train, devices) =
+                        tinygpt::train::train_preset(preset.as_deref().unwrap_or("small"))?;
+                    RunFile {
+                        devices: devices.into(),
+                        train,
+                    }
+                }
             };
-            train_command(
-                config,
-                &data,
-                &out,
-                time_budget,
-                eval_interval.max(1),
-                resume,
-                &device,
-            )?;
+            let t = &mut run_file.train;
+            t.batch_size = batch_size.unwrap_or(t.batch_size);
+            t.grad_accum = grad_accum.unwrap_or(t.grad_accum);
+            if let Some(n) = max_steps {
+                t.max_steps = n;
+                t.warmup_steps = (n / 100).max(1);
+            }
+            t.seed = seed.unwrap_or(t.seed);
+            if let Some(d) = devices {
+                run_file.devices = d;
+            }
+            if print_config {
+                print!("{}", toml::to_string(&run_file)?);
+                return Ok(());
+            }
+            let data = data.expect("clap requires --data");
+            let devices = tinygpt::device::parse_devices(&run_file.devices)?;
+            let options = tinygpt::train::RunOptions {
+                time_budget: time_budget.map(std::time::Duration::from_secs_f64),
+                eval_interval: eval_interval.max(1),
+                checkpoint_every: Some(std::time::Duration::from_secs_f64(
+                    checkpoint_minutes.max(0.0) * 60.0,
+                )),
+                keep_last,
+                peak_flops: peak_flops(peak_tflops, &devices)?,
+                ..tinygpt::train::RunOptions::new(&out)
+            };
+            train_command(run_file.train, &data, &options, resume, &devices)?;
         }
         Command::Init {
             preset,
@@ -607,7 +693,7 @@ fn quickstart(
     println!("2/4 shards in {}", data.display());
     // Training from scratch each time: the budget is the run. (`tinygpt train --resume` continues one.)
     let run = out.join("run");
-    let _ = std::fs::remove_file(run.join("metrics.jsonl"));
+    let _ = std::fs::remove_dir_all(&run);
     let config = tinygpt::train::TrainConfig {
         // A small model on a short budget: more, smaller steps and a higher learning rate than
         // the original's (1e-3 for 61M parameters) reach a lower loss in the same time.
@@ -619,7 +705,7 @@ fn quickstart(
     // The cosine schedule needs a length: estimate how many steps fit in the budget, leaving
     // time for the four evaluations (at each quarter of the run).
     let steps = {
-        let mut probe = tinygpt::train::Trainer::new(config.clone(), &data, &Device::Cpu)?;
+        let mut probe = tinygpt::train::Trainer::new(config.clone(), &data, &[Device::Cpu])?;
         probe.step()?; // the first step also pays for allocations: time the second
         let t0 = std::time::Instant::now();
         probe.step()?;
@@ -638,15 +724,14 @@ fn quickstart(
         "3/4 training {preset} for about {time_budget:.0} s (~{steps} steps of {} tokens)",
         config.batch_size * config.model.block_size
     );
-    train_command(
-        config,
-        &data,
-        &run,
-        Some(time_budget),
-        (steps / 4).max(1),
-        false,
-        &Device::Cpu,
-    )?;
+    let options = tinygpt::train::RunOptions {
+        time_budget: Some(std::time::Duration::from_secs_f64(time_budget)),
+        eval_interval: (steps / 4).max(1),
+        keep_last: 0,
+        peak_flops: peak_flops(None, &[Device::Cpu])?,
+        ..tinygpt::train::RunOptions::new(&run)
+    };
+    train_command(config, &data, &options, false, &[Device::Cpu])?;
     // The loss curves, from metrics.jsonl.
     let (mut train_curve, mut val_curve) = (vec![], vec![]);
     for line in std::fs::read_to_string(run.join("metrics.jsonl"))?.lines() {
@@ -716,32 +801,60 @@ fn unigram_entropy(data_dir: &std::path::Path) -> anyhow::Result<f64> {
         .sum::<f64>())
 }
 
-/// `tinygpt train`: steps with a progress bar, metrics.jsonl, evaluation and checkpoints; stops
-/// at `max_steps`, at the time budget, or when a file `STOP` appears in the run folder.
+/// The peak FLOP/s of all `devices` together, for MFU: `--peak-tflops` per device, or on the
+/// CPU a measured 1024³ matmul (CPU workers share the same cores).
+fn peak_flops(peak_tflops: Option<f64>, devices: &[Device]) -> anyhow::Result<Option<f64>> {
+    Ok(match peak_tflops {
+        Some(t) => Some(t * 1e12 * devices.len() as f64),
+        None if devices.iter().all(Device::is_cpu) => {
+            Some(tinygpt::bench::matmul_gflops(1024, 3)? * 1e9)
+        }
+        None => None,
+    })
+}
+
+/// `tinygpt train`: [`tinygpt::train::run`] with a progress bar, a Ctrl-C handler and a summary.
 fn train_command(
     config: tinygpt::train::TrainConfig,
     data: &std::path::Path,
-    out: &std::path::Path,
-    time_budget: Option<f64>,
-    eval_interval: u64,
+    options: &tinygpt::train::RunOptions,
     resume: bool,
-    device: &Device,
+    devices: &[Device],
 ) -> anyhow::Result<()> {
-    use std::io::Write;
-    use tinygpt::train::Trainer;
-    let ckpt = out.join("checkpoint");
+    use std::sync::{atomic::AtomicBool, Arc};
+    use tinygpt::train::{Event, Trainer};
+    let ckpt = options.out.join("checkpoint");
     let mut trainer = if resume {
-        Trainer::resume(&ckpt, data, device)?
+        Trainer::resume(&ckpt, data, devices)?
     } else {
-        Trainer::new(config, data, device)?
+        if ckpt.exists() {
+            anyhow::bail!(
+                "--out {}: already holds a run (checkpoint/); continue it with --resume, or pick another --out",
+                options.out.display()
+            );
+        }
+        Trainer::new(config, data, devices)?
     };
-    std::fs::create_dir_all(out)?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)?;
+    // Ctrl-C: the first one lets the run finish its step and checkpoint; a second one quits now.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        130,
+        interrupt.clone(),
+    )?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupt.clone())?;
+    let options = tinygpt::train::RunOptions {
+        interrupt: Some(interrupt),
+        ..options.clone()
+    };
     let max_steps = trainer.config().max_steps;
+    println!(
+        "training {} parameters on {} worker(s): {} tokens per step, steps {}..{max_steps}; Ctrl-C stops after a checkpoint",
+        ParamSummary::of(trainer.model()).total,
+        trainer.world_size(),
+        trainer.tokens_per_step(),
+        trainer.steps_done() + 1,
+    );
     let bar = indicatif::ProgressBar::new(max_steps).with_position(trainer.steps_done());
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -757,51 +870,45 @@ fn train_command(
             bar.println(msg)
         }
     };
-    let start = std::time::Instant::now();
-    let stop_file = out.join("STOP");
-    let mut last = None;
-    while trainer.steps_done() < max_steps {
-        let m = trainer.step()?;
-        let mut record = serde_json::to_value(&m)?;
-        record["elapsed_s"] = serde_json::json!(start.elapsed().as_secs_f64());
-        if m.skipped {
-            say(format!(
-                "step {}: loss {} / gradient norm {} is not finite; update skipped",
-                m.step, m.loss, m.grad_norm
+    let summary = tinygpt::train::run(&mut trainer, &options, |event| match event {
+        Event::Step(r) => {
+            if let (Some(v), Some(bpb)) = (r.val_loss, r.val_bits_per_byte) {
+                say(format!(
+                    "step {}: train loss {:.3}, val loss {v:.3}, {bpb:.3} bits/byte",
+                    r.step, r.loss
+                ));
+            }
+            bar.set_position(r.step);
+            let mfu = r.mfu.map(|m| format!(", MFU {:.0}%", m * 100.0));
+            bar.set_message(format!(
+                "loss {:.3}, {:.0} tok/s{}",
+                r.loss,
+                r.tokens_per_s,
+                mfu.unwrap_or_default()
             ));
         }
-        let out_of_time =
-            time_budget.is_some_and(|t| start.elapsed().as_secs_f64() >= t) || stop_file.exists();
-        if m.step % eval_interval == 0 || m.step == max_steps || out_of_time {
-            let (val_loss, bpb) = trainer.evaluate()?;
-            record["val_loss"] = serde_json::json!(val_loss);
-            record["val_bits_per_byte"] = serde_json::json!(bpb);
-            trainer.save(&ckpt)?;
-            say(format!("step {}: train loss {:.3}, val loss {val_loss:.3}, {bpb:.3} bits/byte; checkpoint saved", m.step, m.loss));
-        }
-        writeln!(metrics, "{record}")?;
-        bar.set_position(m.step);
-        bar.set_message(format!("loss {:.3}, {:.0} tok/s", m.loss, m.tokens_per_s));
-        last = Some(m);
-        if out_of_time {
-            say("stopping: time budget reached or STOP file found".into());
-            break;
-        }
-    }
+        Event::Message(m) => say(m),
+    })?;
     bar.finish();
-    if let Some(m) = last {
-        println!(
+    let metrics_path = options.out.join("metrics.jsonl");
+    match summary.last {
+        Some(m) => println!(
             "{} steps, {} tokens; last train loss {:.3}; checkpoint in {}; metrics in {}",
             m.step,
             m.tokens,
             m.loss,
             ckpt.display(),
             metrics_path.display()
-        );
-    } else {
-        println!(
+        ),
+        None => println!(
             "nothing to do: the run in {} has done its {max_steps} steps",
-            out.display()
+            options.out.display()
+        ),
+    }
+    if let Some((step, loss)) = summary.best {
+        println!(
+            "best validation loss {loss:.4} at step {step}: {}",
+            options.out.join("best").display()
         );
     }
     Ok(())

@@ -1,10 +1,18 @@
 //! Training: the optimizer ([`optim`]: AdamW, gradient clipping), the learning-rate schedule
-//! ([`schedule`]) and the loop that drives them ([`trainer`]).
+//! ([`schedule`]), how data-parallel workers share gradients ([`collective`]), one optimizer step
+//! on every worker ([`trainer`]), and the loop around it ([`run`]: evaluation, metrics,
+//! checkpoints, stopping) that the CLI and the notebooks share.
 
+pub mod collective;
 pub mod optim;
+pub mod presets;
+pub mod run;
 pub mod schedule;
 pub mod trainer;
 
+pub use collective::{Collective, LocalGroup, Single};
 pub use optim::{clip_factor, grad_norm, AdamW, AdamWConfig};
+pub use run::{read_metrics, run, Event, Record, RunOptions, RunSummary, StopReason};
+pub use presets::{train_preset, TRAIN_PRESETS};
 pub use schedule::CosineSchedule;
 pub use trainer::{evaluate, StepMetrics, TrainConfig, Trainer};

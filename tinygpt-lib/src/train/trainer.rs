@@ -1,22 +1,29 @@
-//! The training loop on one device: micro-batches accumulated into a step, gradient clipping,
-//! AdamW on the cosine schedule, evaluation in bits per byte, and checkpoints that resume
-//! exactly (weights, optimizer moments, step, data cursor).
+//! The training step, on one device or data-parallel over several: micro-batches accumulated
+//! into a step, gradients averaged over the workers, gradient clipping, AdamW on the cosine
+//! schedule, evaluation in bits per byte, and checkpoints that resume exactly (weights,
+//! optimizer moments, step, data cursor).
 //!
-//! A step: for each of `grad_accum` micro-batches, forward, loss / `grad_accum`, backward, add
-//! the gradients; then measure the global gradient norm, scale the update so that norm is at most
-//! `grad_clip`, and let AdamW update every weight with the learning rate of this step.
+//! A step, on every worker at once: for each of `grad_accum` micro-batches, forward, loss /
+//! `grad_accum`, backward, add the gradients; all-reduce the gradients (see [`collective`]) and
+//! divide by the number of workers; measure the global gradient norm, scale the update so that
+//! norm is at most `grad_clip`, and let AdamW update every weight with this step's learning
+//! rate. A step with a non-finite loss or gradient changes nothing and is reported as skipped.
+//! There is no dropout, so a run's only randomness is the seeded initialisation and data order.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::optim::{clip_factor, grad_norm, AdamW, AdamWConfig};
+use super::collective::{self, Collective};
+use super::optim::{clip_factor, AdamW, AdamWConfig};
 use super::schedule::CosineSchedule;
 use crate::data::loader::{Cursor, DataLoader, LoaderConfig, ValLoader};
 use crate::data::{Manifest, Split};
+use crate::device::parse_dtype;
+use crate::model::params::Params;
 use crate::model::{checkpoint, cross_entropy_sum, Gpt, GptConfig};
 use crate::tokenizer::Tokenizer;
 use crate::{atomic, Error, Result};
@@ -41,6 +48,14 @@ pub struct TrainConfig {
     /// full TinyStories validation split is 4.7M tokens: minutes on a CPU, at every evaluation.
     #[serde(default)]
     pub eval_batches: Option<usize>,
+    /// The compute dtype: `auto` (bf16 on a GPU, f32 on the CPU), `f32`, `bf16` or `f16`.
+    /// Weights, gradients and optimizer moments stay f32 whatever it is (mixed precision).
+    #[serde(default = "auto")]
+    pub dtype: String,
+}
+
+fn auto() -> String {
+    "auto".into()
 }
 
 impl TrainConfig {
@@ -59,10 +74,12 @@ impl TrainConfig {
             grad_clip: 1.0,
             seed: 1337,
             eval_batches: None,
+            dtype: auto(),
         }
     }
 
-    fn schedule(&self) -> CosineSchedule {
+    /// The learning-rate schedule of the run.
+    pub fn schedule(&self) -> CosineSchedule {
         CosineSchedule {
             max_lr: self.max_lr,
             min_lr: self.min_lr,
@@ -77,8 +94,10 @@ impl TrainConfig {
 pub struct StepMetrics {
     pub step: u64,
     pub tokens: u64,
+    /// The mean training loss of the step's micro-batches, over all workers.
     pub loss: f32,
     pub lr: f64,
+    /// The global gradient norm before clipping.
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     /// True when the loss or the gradients were not finite: the update was skipped.
@@ -92,13 +111,159 @@ struct TrainerState {
     step: u64,
     tokens: u64,
     cursor: Cursor,
+    /// Data-parallel workers of the run (the data order depends on it).
+    #[serde(default = "one")]
+    world_size: usize,
 }
 
-pub struct Trainer {
-    config: TrainConfig,
+fn one() -> usize {
+    1
+}
+
+/// One data-parallel worker: a model replica on its device, its optimizer, its share of the
+/// data, and its end of the collective.
+struct Replica {
     model: Gpt,
     optimizer: AdamW,
     loader: DataLoader,
+    collective: Box<dyn Collective>,
+}
+
+/// What a replica's step found (the same on every replica: computed from all-reduced numbers).
+struct ReplicaStep {
+    loss: f32,
+    norm: f64,
+    skipped: bool,
+    tokens: u64,
+}
+
+impl Replica {
+    /// Forward and backward over `accum` micro-batches, the gradients (and the loss, for the
+    /// log) averaged over all workers in one all-reduce, then clipped and applied.
+    fn step(&mut self, accum: usize, lr: f64, clip: f64) -> Result<ReplicaStep> {
+        let local = self.accumulate(accum);
+        let device = self.model.device().clone();
+        let n = self.model.params().count();
+        // A worker that failed still joins the all-reduce (with NaNs, so that everyone skips the
+        // update) instead of leaving the others waiting forever; then it reports its error.
+        let flat = match &local {
+            Ok((flat, _)) => flat.clone(),
+            Err(_) => Tensor::full(f32::NAN, n + 1, &device)?,
+        };
+        let world = self.collective.world_size() as f64;
+        let mean = (self.collective.all_reduce_sum(&flat)? / world)?;
+        let tokens = local?.1 * world as u64;
+        let grads = mean.narrow(0, 0, n)?;
+        // One trip to the host for both numbers.
+        let stats: Vec<f32> = Tensor::cat(
+            &[grads.sqr()?.sum_keepdim(0)?, mean.narrow(0, n, 1)?],
+            0,
+        )?
+        .to_vec1()?;
+        let (norm, loss) = ((stats[0] as f64).sqrt(), stats[1]);
+        let skipped = !loss.is_finite() || !norm.is_finite();
+        if !skipped {
+            let grads = unflatten(self.model.params(), &grads)?;
+            self.optimizer
+                .step(self.model.params(), &grads, lr, clip_factor(norm, clip))?;
+        }
+        Ok(ReplicaStep {
+            loss,
+            norm,
+            skipped,
+            tokens,
+        })
+    }
+
+    /// This worker's gradients summed over `accum` micro-batches (each loss divided by
+    /// `accum`), flattened in name order with the mean loss appended; and its target tokens.
+    fn accumulate(&mut self, accum: usize) -> Result<(Tensor, u64)> {
+        let mut grads: Option<GradStore> = None;
+        let mut loss_sum: Option<Tensor> = None;
+        let mut tokens = 0u64;
+        for _ in 0..accum {
+            let batch = self.loader.next_batch();
+            tokens += batch.n_targets() as u64;
+            let data = batch.to_tensors(self.model.device())?;
+            let loss = (self.model.loss(&data)?.to_dtype(DType::F32)? / accum as f64)?;
+            let g = loss.backward()?;
+            loss_sum = Some(match loss_sum {
+                None => loss,
+                Some(s) => (s + loss)?,
+            });
+            grads = Some(match grads {
+                None => g,
+                Some(mut acc) => {
+                    for (_, var) in self.model.params().iter() {
+                        if let (Some(a), Some(b)) =
+                            (acc.get(var.as_tensor()), g.get(var.as_tensor()))
+                        {
+                            let sum = (a + b)?;
+                            acc.insert(var.as_tensor(), sum);
+                        }
+                    }
+                    acc
+                }
+            });
+        }
+        let (grads, loss) = (
+            grads.expect("accum ≥ 1"),
+            loss_sum.expect("accum ≥ 1").reshape(1)?,
+        );
+        let mut parts = vec![];
+        for (_, var) in self.model.params().iter() {
+            parts.push(match grads.get(var.as_tensor()) {
+                Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
+                None => Tensor::zeros(var.elem_count(), DType::F32, var.device())?,
+            });
+        }
+        parts.push(loss);
+        Ok((Tensor::cat(&parts, 0)?, tokens))
+    }
+
+    /// Makes this replica's weights rank 0's (they already agree when every worker initialised
+    /// from the same seed or loaded the same checkpoint; this makes sure).
+    fn adopt_rank0_weights(&self) -> Result<()> {
+        let params = self.model.params();
+        let flat = Tensor::cat(
+            &params
+                .iter()
+                .map(|(_, v)| v.as_tensor().flatten_all())
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            0,
+        )?;
+        let flat = self.collective.broadcast(&flat)?;
+        for (name, tensor) in unflatten_named(params, &flat)? {
+            params.get(&name).expect("own name").set(&tensor)?;
+        }
+        Ok(())
+    }
+}
+
+/// The slices of a flat vector laid out in the params' (name) order, shaped like each weight.
+fn unflatten_named(params: &Params, flat: &Tensor) -> Result<Vec<(String, Tensor)>> {
+    let mut offset = 0;
+    let mut out = vec![];
+    for (name, var) in params.iter() {
+        let n = var.elem_count();
+        out.push((name.clone(), flat.narrow(0, offset, n)?.reshape(var.shape())?));
+        offset += n;
+    }
+    Ok(out)
+}
+
+fn unflatten(params: &Params, flat: &Tensor) -> Result<GradStore> {
+    let mut grads = GradStore::default();
+    for (name, g) in unflatten_named(params, flat)? {
+        grads.insert(params.get(&name).expect("own name").as_tensor(), g);
+    }
+    Ok(grads)
+}
+
+/// The training run: one replica per device, stepping together.
+pub struct Trainer {
+    config: TrainConfig,
+    replicas: Vec<Replica>,
     data_dir: PathBuf,
     tokenizer: Option<Tokenizer>,
     step: u64,
@@ -110,30 +275,29 @@ const STATE_FILE: &str = "trainer.json";
 
 impl Trainer {
     /// A fresh run on the shards in `data_dir` (written by `tinygpt prepare`; a `tokenizer.json`
-    /// there, as `--tokenizer bpe:N` leaves, is checked against them and saved with checkpoints).
-    pub fn new(config: TrainConfig, data_dir: &Path, device: &Device) -> Result<Self> {
-        let model = Gpt::new(&config.model, config.seed, device)?;
-        Self::assemble(
-            config,
-            model,
-            AdamW::new(AdamWConfig::default()),
-            data_dir,
-            0,
-            0,
-            Cursor::default(),
-        )
+    /// there, as `--tokenizer bpe:N` leaves, is checked against them and saved with checkpoints),
+    /// data-parallel over `devices` (one worker each; `&[Device::Cpu]` for one CPU worker).
+    pub fn new(config: TrainConfig, data_dir: &Path, devices: &[Device]) -> Result<Self> {
+        let models = devices
+            .iter()
+            .map(|d| Gpt::new(&config.model, config.seed, d))
+            .collect::<Result<Vec<_>>>()?;
+        let optimizers = devices
+            .iter()
+            .map(|_| AdamW::new(config.optimizer.clone()))
+            .collect();
+        Self::assemble(config, models, optimizers, data_dir, 0, 0, Cursor::default())
     }
 
     fn assemble(
         config: TrainConfig,
-        model: Gpt,
-        mut optimizer: AdamW,
+        models: Vec<Gpt>,
+        optimizers: Vec<AdamW>,
         data_dir: &Path,
         step: u64,
         tokens: u64,
         cursor: Cursor,
     ) -> Result<Self> {
-        optimizer.config = config.optimizer.clone();
         if config.batch_size == 0 || config.grad_accum == 0 {
             return Err(Error::Invalid(
                 "--batch-size and --grad-accum must be at least 1".into(),
@@ -152,30 +316,50 @@ impl Trainer {
                 format!("the shards use {} token ids but the model has only {} (vocab_size); pick a model whose vocabulary holds the tokenizer's", manifest.tokenizer.vocab_size, config.model.vocab_size),
             ));
         }
-        let loader_config = LoaderConfig {
-            batch_size: config.batch_size,
-            block_size: config.model.block_size,
-            rank: 0,
-            world_size: 1,
-            seed: config.seed,
-        };
-        let mut loader =
-            DataLoader::open(data_dir, Split::Train, loader_config, tokenizer.as_ref())?;
-        loader.set_cursor(cursor)?;
-        Ok(Trainer {
+        let devices: Vec<Device> = models.iter().map(|m| m.device().clone()).collect();
+        let collectives = collective::for_devices(&devices)?;
+        let world_size = devices.len();
+        let mut replicas = vec![];
+        for (rank, ((mut model, mut optimizer), collective)) in models
+            .into_iter()
+            .zip(optimizers)
+            .zip(collectives)
+            .enumerate()
+        {
+            optimizer.config = config.optimizer.clone();
+            model.set_compute_dtype(parse_dtype(&config.dtype, model.device())?);
+            let loader_config = LoaderConfig {
+                batch_size: config.batch_size,
+                block_size: config.model.block_size,
+                rank,
+                world_size,
+                seed: config.seed,
+            };
+            let mut loader =
+                DataLoader::open(data_dir, Split::Train, loader_config, tokenizer.as_ref())?;
+            loader.set_cursor(cursor)?;
+            replicas.push(Replica {
+                model,
+                optimizer,
+                loader,
+                collective,
+            });
+        }
+        let trainer = Trainer {
             config,
-            model,
-            optimizer,
-            loader,
+            replicas,
             data_dir: data_dir.to_owned(),
             tokenizer,
             step,
             tokens,
-        })
+        };
+        trainer.on_every_replica(|r| r.adopt_rank0_weights())?;
+        Ok(trainer)
     }
 
-    /// Continues the run saved in the checkpoint folder `dir` exactly where it stopped.
-    pub fn resume(dir: &Path, data_dir: &Path, device: &Device) -> Result<Self> {
+    /// Continues the run saved in the checkpoint folder `dir` exactly where it stopped, on
+    /// `devices` (as many as the run had).
+    pub fn resume(dir: &Path, data_dir: &Path, devices: &[Device]) -> Result<Self> {
         let state_path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&state_path).map_err(|e| {
             Error::data(
@@ -185,32 +369,48 @@ impl Trainer {
         })?;
         let state: TrainerState = serde_json::from_str(&text)
             .map_err(|e| Error::data(&state_path, format!("is not a trainer state ({e})")))?;
-        let loaded = checkpoint::load(dir, device)?;
-        if loaded.model.config() != &state.config.model {
-            return Err(Error::data(
-                dir,
-                "the weights' config.json differs from the run's config in trainer.json",
-            ));
-        }
-        let optimizer = AdamW::load(
-            state.config.optimizer.clone(),
-            &dir.join(OPTIMIZER_FILE),
-            loaded.model.params(),
-        )?;
-        if optimizer.steps_done() != state.step {
+        if state.world_size != devices.len() {
             return Err(Error::data(
                 dir,
                 format!(
-                    "the optimizer has done {} steps but the run {}",
-                    optimizer.steps_done(),
-                    state.step
+                    "was written by a run on {} devices, and its data order depends on that; resume it with {} devices in --devices (not {})",
+                    state.world_size,
+                    state.world_size,
+                    devices.len()
                 ),
             ));
         }
+        let (mut models, mut optimizers) = (vec![], vec![]);
+        for device in devices {
+            let loaded = checkpoint::load(dir, device)?;
+            if loaded.model.config() != &state.config.model {
+                return Err(Error::data(
+                    dir,
+                    "the weights' config.json differs from the run's config in trainer.json",
+                ));
+            }
+            let optimizer = AdamW::load(
+                state.config.optimizer.clone(),
+                &dir.join(OPTIMIZER_FILE),
+                loaded.model.params(),
+            )?;
+            if optimizer.steps_done() != state.step {
+                return Err(Error::data(
+                    dir,
+                    format!(
+                        "the optimizer has done {} steps but the run {}",
+                        optimizer.steps_done(),
+                        state.step
+                    ),
+                ));
+            }
+            models.push(loaded.model);
+            optimizers.push(optimizer);
+        }
         Self::assemble(
             state.config,
-            loaded.model,
-            optimizer,
+            models,
+            optimizers,
             data_dir,
             state.step,
             state.tokens,
@@ -218,77 +418,94 @@ impl Trainer {
         )
     }
 
+    /// The model (rank 0's replica; all replicas hold the same weights).
     pub fn model(&self) -> &Gpt {
-        &self.model
+        &self.replicas[0].model
     }
 
     pub fn steps_done(&self) -> u64 {
         self.step
     }
 
+    pub fn tokens_seen(&self) -> u64 {
+        self.tokens
+    }
+
     pub fn config(&self) -> &TrainConfig {
         &self.config
     }
 
-    /// One optimizer step.
+    /// Data-parallel workers.
+    pub fn world_size(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Tokens per optimizer step: `batch_size · block_size · grad_accum · world_size`.
+    pub fn tokens_per_step(&self) -> usize {
+        self.config.batch_size * self.config.model.block_size * self.config.grad_accum
+            * self.world_size()
+    }
+
+    /// Model FLOPs per trained token (forward + backward), as nanoGPT counts them:
+    /// `6·N + 12·L·C·T` — 6 per weight (2 forward, 4 backward) plus attention's scores.
+    pub fn flops_per_token(&self) -> f64 {
+        let c = &self.config.model;
+        let summary = crate::model::ParamSummary::of(self.model());
+        6.0 * summary.without_wpe as f64 + 12.0 * (c.n_layer * c.n_embd * c.block_size) as f64
+    }
+
+    /// Runs `f` on every replica at once (one thread per worker when there are several, as
+    /// collectives need every worker to take part).
+    fn on_every_replica<T: Send>(
+        &self,
+        f: impl Fn(&Replica) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        if let [only] = &self.replicas[..] {
+            return Ok(vec![f(only)?]);
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self.replicas.iter().map(|r| s.spawn(|| f(r))).collect();
+            handles.into_iter().map(join).collect()
+        })
+    }
+
+    /// One optimizer step on every worker.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
-        let accum = self.config.grad_accum;
-        let mut grads: Option<GradStore> = None;
-        let mut loss_sum = 0f32;
-        let mut step_tokens = 0u64;
-        for _ in 0..accum {
-            let batch = self.loader.next_batch();
-            step_tokens += batch.n_targets() as u64;
-            let data = batch.to_tensors(self.model.device())?;
-            let loss = self.model.loss(&data)?;
-            loss_sum += loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            let g = (loss / accum as f64)?.backward()?;
-            grads = Some(match grads {
-                None => g,
-                Some(mut acc) => {
-                    for (_, var) in self.model.params().iter() {
-                        if let (Some(a), Some(b)) =
-                            (acc.get(var.as_tensor()), g.get(var.as_tensor()))
-                        {
-                            let sum = (a + b)?;
-                            acc.insert(var.as_tensor(), sum);
-                        }
-                    }
-                    acc
-                }
-            });
-        }
-        let grads = grads.expect("at least one micro-batch");
-        let loss = loss_sum / accum as f32;
-        let norm = grad_norm(self.model.params(), &grads)?;
         let lr = self.config.schedule().lr(self.step);
-        let skipped = !loss.is_finite() || !norm.is_finite();
-        if !skipped {
-            self.optimizer.step(
-                self.model.params(),
-                &grads,
-                lr,
-                clip_factor(norm, self.config.grad_clip),
-            )?;
+        let (accum, clip) = (self.config.grad_accum, self.config.grad_clip);
+        let results = if let [only] = &mut self.replicas[..] {
+            vec![only.step(accum, lr, clip)?]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .replicas
+                    .iter_mut()
+                    .map(|r| s.spawn(move || r.step(accum, lr, clip)))
+                    .collect();
+                handles.into_iter().map(join).collect::<Result<Vec<_>>>()
+            })?
+        };
+        let r = &results[0];
+        if !r.skipped {
             self.step += 1;
-            self.tokens += step_tokens;
+            self.tokens += r.tokens;
         }
         Ok(StepMetrics {
             step: self.step,
             tokens: self.tokens,
-            loss,
+            loss: r.loss,
             lr,
-            grad_norm: norm,
-            tokens_per_s: step_tokens as f64 / start.elapsed().as_secs_f64(),
-            skipped,
+            grad_norm: r.norm,
+            tokens_per_s: r.tokens as f64 / start.elapsed().as_secs_f64(),
+            skipped: r.skipped,
         })
     }
 
     /// The validation loss and bits per byte of the model now (see [`evaluate`]).
     pub fn evaluate(&self) -> Result<(f64, f64)> {
         evaluate(
-            &self.model,
+            self.model(),
             &self.data_dir,
             self.config.batch_size,
             self.tokenizer.as_ref(),
@@ -297,21 +514,30 @@ impl Trainer {
     }
 
     /// Writes a checkpoint folder `dir` (model, tokenizer, optimizer, trainer state): first into
-    /// `dir.tmp`, then swapped in, so a crash never leaves a half-written checkpoint behind.
+    /// `dir.tmp`, then swapped in, so a crash or a full disk never leaves a half-written
+    /// checkpoint behind, and the previous one survives any failure.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        let rank0 = &self.replicas[0];
         let tmp = atomic_dir(dir, "tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        checkpoint::save(&tmp, &self.model, self.tokenizer.as_ref())?;
-        self.optimizer.save(&tmp.join(OPTIMIZER_FILE))?;
-        let state = TrainerState {
-            config: self.config.clone(),
-            step: self.step,
-            tokens: self.tokens,
-            cursor: self.loader.cursor(),
-        };
-        let json =
-            serde_json::to_string_pretty(&state).map_err(|e| Error::Invalid(e.to_string()))?;
-        atomic::write_bytes(&tmp.join(STATE_FILE), json.as_bytes())?;
+        let written = (|| {
+            checkpoint::save(&tmp, &rank0.model, self.tokenizer.as_ref())?;
+            rank0.optimizer.save(&tmp.join(OPTIMIZER_FILE))?;
+            let state = TrainerState {
+                config: self.config.clone(),
+                step: self.step,
+                tokens: self.tokens,
+                cursor: rank0.loader.cursor(),
+                world_size: self.world_size(),
+            };
+            let json =
+                serde_json::to_string_pretty(&state).map_err(|e| Error::Invalid(e.to_string()))?;
+            atomic::write_bytes(&tmp.join(STATE_FILE), json.as_bytes())
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         let old = atomic_dir(dir, "old");
         let _ = std::fs::remove_dir_all(&old);
         if dir.exists() {
@@ -321,6 +547,13 @@ impl Trainer {
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
+}
+
+/// A worker thread's result; a panic in a worker becomes an error.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+    handle
+        .join()
+        .unwrap_or_else(|_| Err(Error::Invalid("a data-parallel worker panicked".into())))
 }
 
 /// The validation loss (nats per token) of `model` over the whole validation split in
