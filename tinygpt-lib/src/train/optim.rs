@@ -100,7 +100,8 @@ impl AdamW {
             let denom = ((v.sqrt()? / bias2.sqrt())? + c.eps)?;
             let update = (m.div(&denom)? * (lr / bias1))?;
             var.set(&(theta - update)?)?;
-            self.moments.insert(name.clone(), (m, v));
+            // Detached, so that moments never chain one step's computation graph to the next.
+            self.moments.insert(name.clone(), (m.detach(), v.detach()));
         }
         Ok(())
     }

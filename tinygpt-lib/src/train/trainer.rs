@@ -187,6 +187,9 @@ impl Replica {
             let data = batch.to_tensors(self.model.device())?;
             let loss = (self.model.loss(&data)?.to_dtype(DType::F32)? / accum as f64)?;
             let g = loss.backward()?;
+            // Detached: a loss that remembered how it was computed would keep this step's whole
+            // graph (every activation) alive in the log value, and in everything derived from it.
+            let loss = loss.detach();
             loss_sum = Some(match loss_sum {
                 None => loss,
                 Some(s) => (s + loss)?,
@@ -224,6 +227,9 @@ impl Replica {
     /// Makes this replica's weights rank 0's (they already agree when every worker initialised
     /// from the same seed or loaded the same checkpoint; this makes sure).
     fn adopt_rank0_weights(&self) -> Result<()> {
+        if self.collective.world_size() == 1 {
+            return Ok(());
+        }
         let params = self.model.params();
         let flat = Tensor::cat(
             &params
