@@ -140,3 +140,46 @@ fn nccl_with_one_gpu_sums_and_broadcasts_as_the_identity() {
     let b: Vec<f32> = group[0].broadcast(&t).unwrap().to_vec1().unwrap();
     assert_eq!(b, vec![1.0, -2.5, 3.0, 1e-7]);
 }
+
+#[test]
+fn fused_cuda_kernels_equal_the_composed_formulas_in_value_and_gradient() {
+    use tinygpt::candle_core::Var;
+    use tinygpt::model::{attention, fused, gpt};
+    let dev = gpu();
+    let data = sample_batch().to_tensors(&dev).unwrap();
+    let t = data.x.dim(1).unwrap();
+    // Softmax with the document mask over (B, H, T, T) scores, in f32 and in bf16.
+    for (dtype, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
+        let mask = attention::document_mask(&data.doc, dtype).unwrap();
+        let scores = Tensor::randn(0f32, 2.0, (3, 2, t, t), &dev).unwrap();
+        let scores = Var::from_tensor(&scores.to_dtype(dtype).unwrap()).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (3, 2, t, t), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        assert!(fused::available(&scores));
+        let a = fused::masked_softmax(&scores, &mask).unwrap();
+        let b = attention::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
+        assert!(max_abs_diff(&a, &b) < tol, "{dtype:?} softmax: {}", max_abs_diff(&a, &b));
+        let grad = |y: Tensor| {
+            let g = (y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(&scores).unwrap().clone()
+        };
+        let (ga, gb) = (grad(a), grad(b));
+        assert!(max_abs_diff(&ga, &gb) < 4.0 * tol, "{dtype:?} softmax gradient: {}", max_abs_diff(&ga, &gb));
+    }
+    // Cross-entropy with an ignored target, on logits as wide as GPT-2's vocabulary.
+    let logits = Var::from_tensor(&Tensor::randn(0f32, 3.0, (6, 50304), &dev).unwrap()).unwrap();
+    let targets = Tensor::new(&[3u32, 0, 50303, u32::MAX, 7, 7], &dev).unwrap();
+    let (sum, count) = tinygpt::model::cross_entropy_sum(&logits, &targets).unwrap();
+    let (sum2, count2) = gpt::cross_entropy_composed(&logits, &targets).unwrap();
+    assert_eq!(count.to_scalar::<f32>().unwrap(), 5.0);
+    assert_eq!(count2.to_scalar::<f32>().unwrap(), 5.0);
+    let (s1, s2) = (sum.to_scalar::<f32>().unwrap(), sum2.to_scalar::<f32>().unwrap());
+    assert!((s1 - s2).abs() < 1e-4 * s2.abs(), "{s1} vs {s2}");
+    let (g1, g2) = (sum.backward().unwrap(), sum2.backward().unwrap());
+    let (a, b) = (g1.get(&logits).unwrap(), g2.get(&logits).unwrap());
+    assert!(max_abs_diff(a, b) < 1e-6, "cross-entropy gradient: {}", max_abs_diff(a, b));
+    let rows: Vec<Vec<f32>> = a.to_vec2().unwrap();
+    assert!(rows[3].iter().all(|&v| v == 0.0));
+}

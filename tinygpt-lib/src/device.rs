@@ -45,9 +45,9 @@ pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
         } else {
             item.to_string()
         };
-        devices.push(parse_device(&item).map_err(|e| {
-            Error::Invalid(format!("--devices {spec}: {e}"))
-        })?);
+        devices.push(
+            parse_device(&item).map_err(|e| Error::Invalid(format!("--devices {spec}: {e}")))?,
+        );
     }
     Ok(devices)
 }

@@ -519,13 +519,27 @@ fn train_writes_metrics_and_checkpoints_and_resumes() {
         &[],
     ));
     let stderr = failure(&train_in(&neo, &dir.join("bad"), &[]));
-    assert!(stderr.contains("50257") && stderr.contains("4096"), "{stderr}");
+    assert!(
+        stderr.contains("50257") && stderr.contains("4096"),
+        "{stderr}"
+    );
     // `eval` of the checkpoint gives the validation loss the run recorded last; on shards of
     // another tokenizer it refuses.
     let ckpt = run.join("checkpoint");
     let eval = |data: &Path| {
         let (ckpt, data) = (ckpt.to_str().unwrap(), data.to_str().unwrap());
-        run_tinygpt(&["eval", "--checkpoint", ckpt, "--data", data, "--batch-size", "2"], &[])
+        run_tinygpt(
+            &[
+                "eval",
+                "--checkpoint",
+                ckpt,
+                "--data",
+                data,
+                "--batch-size",
+                "2",
+            ],
+            &[],
+        )
     };
     let out = stdout_of(&eval(&data));
     let recorded = lines[3]["val_loss"].as_f64().unwrap();
@@ -556,7 +570,11 @@ fn train_in(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 fn failure(output: &std::process::Output) -> String {
-    assert!(!output.status.success(), "expected a failure: {}", stdout_of(output));
+    assert!(
+        !output.status.success(),
+        "expected a failure: {}",
+        stdout_of(output)
+    );
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -570,12 +588,17 @@ fn trainer_step(ckpt: &Path) -> u64 {
 /// The run folder of a finished run (`run`: 4 steps, evaluated every 2) and of a 1-step run
 /// (`short`): history and best copies, refusals, config files, corrupt checkpoints, a full disk.
 fn train_run_folder_errors_and_configs(dir: &Path, data: &Path, run: &Path, short: &Path) {
-    assert!(run.join("history/step-00000002/model.safetensors").is_file());
+    assert!(run
+        .join("history/step-00000002/model.safetensors")
+        .is_file());
     assert!(run.join("history/step-00000004/trainer.json").is_file());
     assert!(run.join("best/best.json").is_file());
     // A fresh run into a folder that holds one is refused: nothing is overwritten.
     let err = failure(&train_in(data, run, &["--max-steps", "4"]));
-    assert!(err.contains("--resume") && err.contains("already holds a run"), "{err}");
+    assert!(
+        err.contains("--resume") && err.contains("already holds a run"),
+        "{err}"
+    );
     // --resume where there is nothing to resume; a corrupt checkpoint.
     let err = failure(&train_in(data, &dir.join("empty"), &["--resume"]));
     assert!(err.contains("nothing to resume"), "{err}");
@@ -592,7 +615,10 @@ fn train_run_folder_errors_and_configs(dir: &Path, data: &Path, run: &Path, shor
     assert!(err.contains("model.safetensors"), "{err}");
     // Flags: devices, durations.
     let err = failure(&train_in(data, &dir.join("x"), &["--devices", "cuda:0"]));
-    assert!(err.contains("--devices cuda:0") && err.contains("without CUDA"), "{err}");
+    assert!(
+        err.contains("--devices cuda:0") && err.contains("without CUDA"),
+        "{err}"
+    );
     let err = failure(&train_in(data, &dir.join("x"), &["--devices", "gpu"]));
     assert!(err.contains("--devices gpu"), "{err}");
     let err = failure(&train_in(data, &dir.join("x"), &["--time-budget", "10x"]));
@@ -616,16 +642,34 @@ fn train_run_folder_errors_and_configs(dir: &Path, data: &Path, run: &Path, shor
     let file = dir.join("seed.toml");
     std::fs::write(&file, &printed).unwrap();
     let again = stdout_of(&run_tinygpt(
-        &["train", "--config", file.to_str().unwrap(), "--print-config"],
+        &[
+            "train",
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+        ],
         &[],
     ));
     assert_eq!(again, printed);
-    std::fs::write(&file, printed.replace("batch_size = 32", "batch_size = \"many\"")).unwrap();
+    std::fs::write(
+        &file,
+        printed.replace("batch_size = 32", "batch_size = \"many\""),
+    )
+    .unwrap();
     let err = failure(&run_tinygpt(
-        &["train", "--config", file.to_str().unwrap(), "--data", data.to_str().unwrap()],
+        &[
+            "train",
+            "--config",
+            file.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
         &[],
     ));
-    assert!(err.contains("seed.toml") && err.contains("batch_size"), "{err}");
+    assert!(
+        err.contains("seed.toml") && err.contains("batch_size"),
+        "{err}"
+    );
     // A full disk while checkpointing (files may grow to 1 MB; the model alone is larger): the
     // run fails with the file's name, the previous checkpoint survives whole and resumes.
     assert_eq!(trainer_step(&short.join("checkpoint")), 1);
@@ -633,13 +677,22 @@ fn train_run_folder_errors_and_configs(dir: &Path, data: &Path, run: &Path, shor
         .arg("-c")
         .arg("ulimit -f 1024; trap '' XFSZ; exec \"$0\" \"$@\"")
         .arg(tinygpt_bin())
-        .args(["train", "--data", data.to_str().unwrap(), "--out", short.to_str().unwrap()])
+        .args([
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            short.to_str().unwrap(),
+        ])
         .args(["--resume", "--time-budget", "0"])
         .env_remove("TINYGPT_DATA")
         .output()
         .unwrap();
     let err = failure(&output);
-    assert!(err.contains("checkpoint.tmp") && err.contains("too large"), "{err}");
+    assert!(
+        err.contains("checkpoint.tmp") && err.contains("too large"),
+        "{err}"
+    );
     assert_eq!(trainer_step(&short.join("checkpoint")), 1);
     let out = stdout_of(&train_in(data, short, &["--resume", "--time-budget", "0"]));
     assert!(out.contains("2 steps"), "{out}");

@@ -10,8 +10,9 @@
 //! - cross-entropy: `loss_i = logsumexp(x_i) − x_i[t_i]`; backward
 //!   `dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i` (0 for ignored targets).
 //!
-//! They run on the CPU for f32 and f64; elsewhere the callers use the composed formulas (a CUDA
-//! version is the GPU issue's job). Tests check both give the same values and gradients.
+//! They run on the CPU for f32 and f64, and on CUDA GPUs (`fused.cu`, see `fused_cuda.rs`) for
+//! f32 and bf16 softmax and f32 cross-entropy; elsewhere the callers use the composed formulas.
+//! Tests check both give the same values and gradients, on the CPU and on a GPU.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -21,7 +22,11 @@ use crate::Result;
 
 /// Whether the fused kernels can run on this tensor.
 pub fn available(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    match x.device() {
+        candle_core::Device::Cpu => matches!(x.dtype(), DType::F32 | DType::F64),
+        candle_core::Device::Cuda(_) => matches!(x.dtype(), DType::F32 | DType::BF16),
+        _ => false,
+    }
 }
 
 /// `softmax(scores + mask)` over the last axis; `scores` `(B, H, T, Tk)`, `mask` additive
@@ -143,6 +148,17 @@ impl CustomOp2 for MaskedSoftmax {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::masked_softmax(s1, l1, s2, l2)
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -199,6 +215,17 @@ impl CustomOp2 for SoftmaxBackward {
         };
         Ok((out, l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::softmax_backward(s1, l1, s2, l2)
+    }
 }
 
 struct CrossEntropy;
@@ -253,6 +280,17 @@ impl CustomOp2 for CrossEntropy {
             _ => candle_core::bail!("cross-entropy: f32 or f64 only"),
         };
         Ok((out, Shape::from(n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::cross_entropy(s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -314,5 +352,18 @@ impl CustomOp3 for CrossEntropyBackward {
             _ => candle_core::bail!("cross-entropy backward: f32 or f64 only"),
         };
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::cross_entropy_backward(s1, l1, s2, l2, s3, l3)
     }
 }

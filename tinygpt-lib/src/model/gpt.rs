@@ -238,8 +238,8 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// The *summed* cross-entropy and the number of targets counted, both as scalars: what an
-/// evaluation over many batches adds up (and bits per byte needs). On the CPU a fused kernel
-/// ([`super::fused`]) computes it; elsewhere [`cross_entropy_composed`].
+/// evaluation over many batches adds up (and bits per byte needs). On the CPU and on CUDA GPUs a
+/// fused kernel ([`super::fused`]) computes it; elsewhere [`cross_entropy_composed`].
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let v = logits.dim(D::Minus1)?;
     let logits = logits

@@ -10,6 +10,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod fused;
+#[cfg(feature = "cuda")]
+mod fused_cuda;
 pub mod generate;
 pub mod gpt;
 pub mod hf;

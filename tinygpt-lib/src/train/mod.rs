@@ -12,7 +12,7 @@ pub mod trainer;
 
 pub use collective::{Collective, LocalGroup, Single};
 pub use optim::{clip_factor, grad_norm, AdamW, AdamWConfig};
-pub use run::{read_metrics, run, Event, Record, RunOptions, RunSummary, StopReason};
 pub use presets::{train_preset, TRAIN_PRESETS};
+pub use run::{read_metrics, run, Event, Record, RunOptions, RunSummary, StopReason};
 pub use schedule::CosineSchedule;
 pub use trainer::{evaluate, StepMetrics, TrainConfig, Trainer};

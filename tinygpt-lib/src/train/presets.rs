@@ -16,11 +16,19 @@ pub const TRAIN_PRESETS: &[(&str, &str)] = &[
 pub fn train_preset(name: &str) -> Result<(TrainConfig, &'static str)> {
     let seed = |grad_accum| TrainConfig {
         dtype: "bf16".into(),
-        ..TrainConfig::recipe(GptConfig::preset("seed-61m").expect("a preset"), 32, grad_accum, 9_500)
+        ..TrainConfig::recipe(
+            GptConfig::preset("seed-61m").expect("a preset"),
+            32,
+            grad_accum,
+            9_500,
+        )
     };
     Ok(match name {
         "seed-2x4090" => (seed(16), "cuda:0,1"),
         "seed-1gpu" => (seed(32), "cuda:0"),
-        model => (TrainConfig::recipe(GptConfig::preset(model)?, 8, 1, 1_000), "cpu"),
+        model => (
+            TrainConfig::recipe(GptConfig::preset(model)?, 8, 1, 1_000),
+            "cpu",
+        ),
     })
 }

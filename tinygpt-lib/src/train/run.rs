@@ -196,7 +196,11 @@ pub fn run(
         }
         reason = if trainer.steps_done() >= max_steps {
             StopReason::Finished
-        } else if options.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+        } else if options
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+        {
             StopReason::Interrupted
         } else if stop_file.exists() {
             StopReason::StopFile
@@ -276,7 +280,10 @@ fn save_checkpoints(
         let mut kept: Vec<PathBuf> = std::fs::read_dir(&history)
             .map_err(|e| Error::io(&history, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+            })
             .collect();
         kept.sort();
         for old in &kept[..kept.len().saturating_sub(options.keep_last)] {
@@ -323,7 +330,10 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
         .enumerate()
         .map(|(i, line)| {
             serde_json::from_str(line).map_err(|e| {
-                Error::data(path, format!("line {} is not a metrics record ({e})", i + 1))
+                Error::data(
+                    path,
+                    format!("line {} is not a metrics record ({e})", i + 1),
+                )
             })
         })
         .collect()

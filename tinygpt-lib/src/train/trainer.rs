@@ -155,11 +155,8 @@ impl Replica {
         let tokens = local?.1 * world as u64;
         let grads = mean.narrow(0, 0, n)?;
         // One trip to the host for both numbers.
-        let stats: Vec<f32> = Tensor::cat(
-            &[grads.sqr()?.sum_keepdim(0)?, mean.narrow(0, n, 1)?],
-            0,
-        )?
-        .to_vec1()?;
+        let stats: Vec<f32> =
+            Tensor::cat(&[grads.sqr()?.sum_keepdim(0)?, mean.narrow(0, n, 1)?], 0)?.to_vec1()?;
         let (norm, loss) = ((stats[0] as f64).sqrt(), stats[1]);
         let skipped = !loss.is_finite() || !norm.is_finite();
         if !skipped {
@@ -252,7 +249,10 @@ fn unflatten_named(params: &Params, flat: &Tensor) -> Result<Vec<(String, Tensor
     let mut out = vec![];
     for (name, var) in params.iter() {
         let n = var.elem_count();
-        out.push((name.clone(), flat.narrow(0, offset, n)?.reshape(var.shape())?));
+        out.push((
+            name.clone(),
+            flat.narrow(0, offset, n)?.reshape(var.shape())?,
+        ));
         offset += n;
     }
     Ok(out)
@@ -292,7 +292,15 @@ impl Trainer {
             .iter()
             .map(|_| AdamW::new(config.optimizer.clone()))
             .collect();
-        Self::assemble(config, models, optimizers, data_dir, 0, 0, Cursor::default())
+        Self::assemble(
+            config,
+            models,
+            optimizers,
+            data_dir,
+            0,
+            0,
+            Cursor::default(),
+        )
     }
 
     fn assemble(
@@ -448,7 +456,9 @@ impl Trainer {
 
     /// Tokens per optimizer step: `batch_size · block_size · grad_accum · world_size`.
     pub fn tokens_per_step(&self) -> usize {
-        self.config.batch_size * self.config.model.block_size * self.config.grad_accum
+        self.config.batch_size
+            * self.config.model.block_size
+            * self.config.grad_accum
             * self.world_size()
     }
 
