@@ -160,13 +160,26 @@ fn fused_cuda_kernels_equal_the_composed_formulas_in_value_and_gradient() {
         assert!(fused::available(&scores));
         let a = fused::masked_softmax(&scores, &mask).unwrap();
         let b = attention::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
-        assert!(max_abs_diff(&a, &b) < tol, "{dtype:?} softmax: {}", max_abs_diff(&a, &b));
+        assert!(
+            max_abs_diff(&a, &b) < tol,
+            "{dtype:?} softmax: {}",
+            max_abs_diff(&a, &b)
+        );
         let grad = |y: Tensor| {
-            let g = (y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             g.get(&scores).unwrap().clone()
         };
         let (ga, gb) = (grad(a), grad(b));
-        assert!(max_abs_diff(&ga, &gb) < 4.0 * tol, "{dtype:?} softmax gradient: {}", max_abs_diff(&ga, &gb));
+        assert!(
+            max_abs_diff(&ga, &gb) < 4.0 * tol,
+            "{dtype:?} softmax gradient: {}",
+            max_abs_diff(&ga, &gb)
+        );
     }
     // Cross-entropy with an ignored target, on logits as wide as GPT-2's vocabulary.
     let logits = Var::from_tensor(&Tensor::randn(0f32, 3.0, (6, 50304), &dev).unwrap()).unwrap();
@@ -175,11 +188,18 @@ fn fused_cuda_kernels_equal_the_composed_formulas_in_value_and_gradient() {
     let (sum2, count2) = gpt::cross_entropy_composed(&logits, &targets).unwrap();
     assert_eq!(count.to_scalar::<f32>().unwrap(), 5.0);
     assert_eq!(count2.to_scalar::<f32>().unwrap(), 5.0);
-    let (s1, s2) = (sum.to_scalar::<f32>().unwrap(), sum2.to_scalar::<f32>().unwrap());
+    let (s1, s2) = (
+        sum.to_scalar::<f32>().unwrap(),
+        sum2.to_scalar::<f32>().unwrap(),
+    );
     assert!((s1 - s2).abs() < 1e-4 * s2.abs(), "{s1} vs {s2}");
     let (g1, g2) = (sum.backward().unwrap(), sum2.backward().unwrap());
     let (a, b) = (g1.get(&logits).unwrap(), g2.get(&logits).unwrap());
-    assert!(max_abs_diff(a, b) < 1e-6, "cross-entropy gradient: {}", max_abs_diff(a, b));
+    assert!(
+        max_abs_diff(a, b) < 1e-6,
+        "cross-entropy gradient: {}",
+        max_abs_diff(a, b)
+    );
     let rows: Vec<Vec<f32>> = a.to_vec2().unwrap();
     assert!(rows[3].iter().all(|&v| v == 0.0));
 }

@@ -784,6 +784,40 @@ fn fused_cpu_kernels_equal_the_composed_formulas_in_value_and_gradient() {
     let rows: Vec<Vec<f64>> = a.to_vec2().unwrap();
     assert!(rows[3].iter().all(|&v| v == 0.0));
     assert!(rows[0].iter().sum::<f64>().abs() < 1e-12);
+    // GELU against candle's gelu_erf, value and gradient, in f64 and f32; Φ(0) = ½ by hand.
+    for dtype in [DType::F64, DType::F32] {
+        let x = Var::from_tensor(
+            &Tensor::randn(0f64, 3.0, (5, 7), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        )
+        .unwrap();
+        let w = Tensor::randn(0f64, 1.0, (5, 7), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let (a, b) = (model::fused::gelu(&x).unwrap(), x.gelu_erf().unwrap());
+        let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+        assert!(
+            max_abs_diff(&a, &b) < tol,
+            "{dtype:?}: {}",
+            max_abs_diff(&a, &b)
+        );
+        let grad = |y: Tensor| (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (grad(a), grad(b));
+        let d = max_abs_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap());
+        // candle's backward rounds 1/√(2π) to 0.398942: its gradient is good to ~1e-6.
+        assert!(d < 1e-5, "{dtype:?} gradient: {d}");
+    }
+    let at = Tensor::new(&[0f64, 1.0], &dev).unwrap();
+    let y: Vec<f64> = model::fused::gelu(&at).unwrap().to_vec1().unwrap();
+    assert_eq!(y[0], 0.0);
+    assert!(
+        (y[1] - 0.841_344_746_068_542_9).abs() < 1e-15,
+        "GELU(1) = Φ(1) = {}",
+        y[1]
+    );
     // A hand-computed value: uniform logits over 11 classes cost ln 11 each.
     let uniform = Tensor::zeros((2, 11), DType::F32, &dev).unwrap();
     let loss = model::cross_entropy(&uniform, &Tensor::new(&[1u32, 2], &dev).unwrap()).unwrap();

@@ -301,7 +301,8 @@ fn two_data_parallel_workers_equal_one_worker_with_the_whole_batch() {
     for step in 0..3 {
         let (a, b) = (single.step().unwrap(), pair.step().unwrap());
         assert!(
-            (a.loss - b.loss).abs() < 1e-5 && (a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm,
+            (a.loss - b.loss).abs() < 1e-5
+                && (a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm,
             "step {step}: loss {} vs {}, norm {} vs {}",
             a.loss,
             b.loss,
@@ -311,7 +312,12 @@ fn two_data_parallel_workers_equal_one_worker_with_the_whole_batch() {
         assert_eq!(a.tokens, b.tokens);
     }
     let mut worst = 0f32;
-    for ((name, a), (_, b)) in single.model().params().iter().zip(pair.model().params().iter()) {
+    for ((name, a), (_, b)) in single
+        .model()
+        .params()
+        .iter()
+        .zip(pair.model().params().iter())
+    {
         for (x, y) in values(a).iter().zip(values(b)) {
             worst = worst.max((x - y).abs());
             assert!((x - y).abs() <= 1e-5 + 1e-4 * x.abs(), "{name}: {x} vs {y}");
@@ -361,11 +367,15 @@ fn the_run_loop_keeps_history_and_best_and_never_saves_a_broken_model() {
     assert_eq!(evaluated, vec![2, 4]);
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4);
-    assert!(out.join("history/step-00000002/model.safetensors").is_file());
+    assert!(out
+        .join("history/step-00000002/model.safetensors")
+        .is_file());
     assert!(out.join("history/step-00000004/trainer.json").is_file());
     let (best_step, best_loss) = summary.best.unwrap();
     assert!(best_loss.is_finite() && (best_step == 2 || best_step == 4));
-    assert!(out.join("best/best.json").is_file() && out.join("best/optimizer.safetensors").is_file());
+    assert!(
+        out.join("best/best.json").is_file() && out.join("best/optimizer.safetensors").is_file()
+    );
 
     // The weights go bad (as after an overflow): every step is skipped, nothing is saved, and
     // after `max_skipped` steps in a row the run gives up, naming the checkpoint to go back to.
@@ -387,7 +397,10 @@ fn the_run_loop_keeps_history_and_best_and_never_saves_a_broken_model() {
     .err()
     .unwrap()
     .to_string();
-    assert!(err.contains("diverged") && err.contains("checkpoint"), "{err}");
+    assert!(
+        err.contains("diverged") && err.contains("checkpoint"),
+        "{err}"
+    );
     assert_eq!(messages.len(), 3, "{messages:?}");
     assert!(messages[0].contains("not finite"), "{messages:?}");
     assert_eq!(trainer.steps_done(), 4);

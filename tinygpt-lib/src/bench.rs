@@ -280,9 +280,7 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
         Ok(())
     })?;
     time("MLP c_fc matmul + GELU + backward", &mut || {
-        mlp_fc
-            .forward(&xs.to_dtype(dt)?)?
-            .gelu_erf()?
+        crate::model::fused::gelu(&mlp_fc.forward(&xs.to_dtype(dt)?)?)?
             .sum_all()?
             .backward()?;
         Ok(())

@@ -9,12 +9,16 @@
 //! - softmax: `y = softmax(x + mask)` row by row; backward `dx = y ⊙ (dy − Σ dy⊙y)`.
 //! - cross-entropy: `loss_i = logsumexp(x_i) − x_i[t_i]`; backward
 //!   `dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i` (0 for ignored targets).
+//! - GELU (CPU only): `y = x·Φ(x)` with `Φ(x) = ½(1 + erf(x/√2))`; backward `dx = dy·(Φ(x) + x·φ(x))`,
+//!   `φ` the standard normal density — one pass each way instead of candle's dozen.
 //!
 //! They run on the CPU for f32 and f64, and on CUDA GPUs (`fused.cu`, see `fused_cuda.rs`) for
 //! f32 and bf16 softmax and f32 cross-entropy; elsewhere the callers use the composed formulas.
 //! Tests check both give the same values and gradients, on the CPU and on a GPU.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 use crate::data::loader::IGNORE_INDEX;
@@ -44,6 +48,16 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         .apply_op2(&targets.contiguous()?, CrossEntropy)?)
 }
 
+/// GELU, exact (erf) form, over any tensor: fused on the CPU for f32 and f64, candle's
+/// `gelu_erf` elsewhere.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        Ok(x.contiguous()?.apply_op1(Gelu)?)
+    } else {
+        Ok(x.gelu_erf()?)
+    }
+}
+
 /// The float types the kernels handle.
 trait Real:
     WithDType
@@ -57,6 +71,7 @@ trait Real:
 {
     fn exp(self) -> Self;
     fn ln(self) -> Self;
+    fn erf(self) -> Self;
 }
 impl Real for f32 {
     fn exp(self) -> Self {
@@ -65,6 +80,9 @@ impl Real for f32 {
     fn ln(self) -> Self {
         f32::ln(self)
     }
+    fn erf(self) -> Self {
+        libm::erff(self)
+    }
 }
 impl Real for f64 {
     fn exp(self) -> Self {
@@ -72,6 +90,9 @@ impl Real for f64 {
     }
     fn ln(self) -> Self {
         f64::ln(self)
+    }
+    fn erf(self) -> Self {
+        libm::erf(self)
     }
 }
 
@@ -365,5 +386,81 @@ impl CustomOp3 for CrossEntropyBackward {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         super::fused_cuda::cross_entropy_backward(s1, l1, s2, l2, s3, l3)
+    }
+}
+
+/// `y = x·Φ(x)`.
+struct Gelu;
+
+/// `Φ(x)` and `φ(x)`: the standard normal distribution function and density.
+fn normal<T: Real>(x: T) -> (T, T) {
+    let cdf =
+        T::from_f64(0.5) * (T::one() + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
+    let pdf = (x * x * T::from_f64(-0.5)).exp() * T::from_f64(0.398_942_280_401_432_7);
+    (cdf, pdf)
+}
+
+impl Gelu {
+    fn run<T: Real>(x: &[T]) -> Vec<T> {
+        x.par_iter()
+            .with_min_len(4096)
+            .map(|&a| a * normal(a).0)
+            .collect()
+    }
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "tinygpt-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(Self::run(slice::<f32>(s, l)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(Self::run(slice::<f64>(s, l)?)),
+            _ => candle_core::bail!("gelu: f32 or f64 only"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &GeluBackward)?))
+    }
+}
+
+/// `dx = dy·(Φ(x) + x·φ(x))`.
+struct GeluBackward;
+
+impl GeluBackward {
+    fn run<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
+        x.par_iter()
+            .zip(dy)
+            .with_min_len(4096)
+            .map(|(&a, &g)| {
+                let (cdf, pdf) = normal(a);
+                g * (cdf + a * pdf)
+            })
+            .collect()
+    }
+}
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "tinygpt-gelu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(Self::run(slice::<f32>(s1, l1)?, slice(s2, l2)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(Self::run(slice::<f64>(s1, l1)?, slice(s2, l2)?)),
+            _ => candle_core::bail!("gelu backward: f32 or f64 only"),
+        };
+        Ok((out, l1.shape().clone()))
     }
 }

@@ -60,7 +60,7 @@ impl Module for Mlp {
         let h = self.c_fc.forward(x)?;
         let h = match self.kind {
             // The exact GELU, x·Φ(x), as PyTorch's nn.GELU() (and HF's "gelu").
-            MlpKind::Gelu => h.gelu_erf()?,
+            MlpKind::Gelu => super::fused::gelu(&h).map_err(candle_core::Error::wrap)?,
             MlpKind::SwiGlu { .. } => {
                 let last = h.rank() - 1;
                 let gate = h.narrow(last, 0, self.hidden)?;
