@@ -185,8 +185,8 @@ pub fn run(
                 writeln!(metrics, "{}", json(&record)).map_err(|e| Error::io(&metrics_path, e))?;
                 return Err(Error::Invalid(format!(
                     "training diverged: {skipped_in_a_row} steps in a row had a non-finite loss or gradient \
-                     (the weights are those of step {}); the last good checkpoint is in {}: resume from it \
-                     with a lower learning rate or a smaller --grad-clip",
+                     (the weights are those of step {}); the last good checkpoint is in {}. Train again with a \
+                     lower learning rate (`max_lr` in a --config file; `--print-config` writes one)",
                     m.step,
                     out.join("checkpoint").display()
                 )));
