@@ -114,8 +114,7 @@ pub fn train_throughput(o: &TrainBenchOptions) -> crate::Result<TrainBenchReport
     crate::device::synchronize(&o.device)?;
     let seconds = start.elapsed().as_secs_f64();
     let summary = crate::model::ParamSummary::of(&model);
-    let flops_per_token =
-        6.0 * summary.without_wpe as f64 + 12.0 * (cfg.n_layer * cfg.n_embd * t) as f64;
+    let flops_per_token = summary.training_flops_per_token(cfg, t);
     let tokens_per_s = (b * t * o.steps.max(1)) as f64 / seconds;
     let peak_flops = match o.peak_flops {
         Some(p) => p,

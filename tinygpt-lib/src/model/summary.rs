@@ -49,6 +49,13 @@ impl ParamSummary {
             tied_embeddings: tied,
         }
     }
+
+    /// Model FLOPs per trained token (forward + backward) with rows of `t` tokens, as nanoGPT
+    /// counts them: `6·N + 12·L·C·T` — 6 per weight (2 forward, 4 backward; the position table
+    /// is a lookup, not a matmul) plus attention's scores and weighted sums. The numerator of MFU.
+    pub fn training_flops_per_token(&self, config: &super::GptConfig, t: usize) -> f64 {
+        6.0 * self.without_wpe as f64 + 12.0 * (config.n_layer * config.n_embd * t) as f64
+    }
 }
 
 /// "h.10.attn" sorts after "h.9.attn": numbers compare as numbers.
@@ -121,5 +128,25 @@ impl fmt::Display for ParamSummary {
             writeln!(f, "a per-module listing would show {} ({:.2}M): it counts the tied wte/lm_head matrix twice", thousands(self.listed), self.listed as f64 / 1e6)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GptConfig;
+
+    #[test]
+    fn training_flops_per_token_by_hand() {
+        // 2 layers, 2 heads, C = 32, T = 64, vocab 300, biases, tied embeddings.
+        let cfg = GptConfig::gpt2(2, 2, 32, 64, 300);
+        let model = Gpt::new(&cfg, 1, &candle_core::Device::Cpu).unwrap();
+        // Per block: ln_1 64 + c_attn 32·96 + 96 + c_proj 32·32 + 32 + ln_2 64
+        //            + c_fc 32·128 + 128 + c_proj 128·32 + 32 = 12,704.
+        let n = 300 * 32 + 2 * 12_704 + 64; // wte, blocks, ln_f (wpe left out)
+        let summary = ParamSummary::of(&model);
+        assert_eq!(summary.without_wpe, n);
+        let expected = 6.0 * n as f64 + 12.0 * (2 * 32 * 64) as f64;
+        assert_eq!(summary.training_flops_per_token(&cfg, 64), expected);
     }
 }

@@ -462,12 +462,10 @@ impl Trainer {
             * self.world_size()
     }
 
-    /// Model FLOPs per trained token (forward + backward), as nanoGPT counts them:
-    /// `6·N + 12·L·C·T` — 6 per weight (2 forward, 4 backward) plus attention's scores.
+    /// Model FLOPs per trained token (see [`crate::model::ParamSummary::training_flops_per_token`]).
     pub fn flops_per_token(&self) -> f64 {
-        let c = &self.config.model;
-        let summary = crate::model::ParamSummary::of(self.model());
-        6.0 * summary.without_wpe as f64 + 12.0 * (c.n_layer * c.n_embd * c.block_size) as f64
+        crate::model::ParamSummary::of(self.model())
+            .training_flops_per_token(&self.config.model, self.config.model.block_size)
     }
 
     /// Runs `f` on every replica at once (one thread per worker when there are several, as
