@@ -64,6 +64,12 @@ sys.exit(0 if last < first - 2.0 else 1)
 PY
 RUN=$?
 
+if [[ -n "${GPU_CHECK_PROFILE:-}" ]]; then   # where tinygpt's step time goes, piece by piece
+  echo "== tinygpt profile (ms per call, forward + backward)"
+  timeout 180 "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 \
+    --steps 3 --warmup-steps 1 --peak-tflops "$PEAK" --profile 2>&1 | tee "$OUT/profile.txt" | tail -16
+fi
+
 echo "== summary ($NAME)"
 "$PY" - "$OURS" "$TORCH_DOC" "$TORCH_CAUSAL" <<'PY'
 import json, sys

@@ -203,3 +203,111 @@ fn fused_cuda_kernels_equal_the_composed_formulas_in_value_and_gradient() {
     let rows: Vec<Vec<f32>> = a.to_vec2().unwrap();
     assert!(rows[3].iter().all(|&v| v == 0.0));
 }
+
+#[test]
+fn fused_cuda_norms_and_bf16_cross_entropy_equal_the_composed_formulas() {
+    use std::collections::HashMap;
+    use tinygpt::candle_core::{Module, Var};
+    use tinygpt::model::params::{ParamBuilder, WeightSource};
+    use tinygpt::model::{fused_norm, gpt, norm, Norm};
+    let dev = gpu();
+    // max |a − b| relative to max |b|.
+    let rel = |a: &Tensor, b: &Tensor| {
+        let scale = b
+            .to_dtype(DType::F32)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        max_abs_diff(a, b) / scale.to_scalar::<f32>().unwrap().max(1e-30)
+    };
+    for kind in [Norm::LayerNorm, Norm::RmsNorm] {
+        for (dtype, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
+            let c = 512;
+            let mut weights = HashMap::new();
+            let gain = Tensor::randn(1f32, 0.5, c, &dev).unwrap();
+            weights.insert("ln.weight".to_string(), gain);
+            if kind == Norm::LayerNorm {
+                let bias = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+                weights.insert("ln.bias".to_string(), bias);
+            }
+            let mut p = ParamBuilder::new(WeightSource::Loaded(weights), &dev);
+            let ln = norm::Norm::new(&mut p, "ln", kind, c, true, 1e-5).unwrap();
+            let params = p.finish().unwrap();
+            let x = Tensor::randn(0.3f32, 2.0, (3, 37, c), &dev).unwrap();
+            let x = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (3, 37, c), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            assert!(fused_norm::available(&x));
+            let (a, b) = (ln.forward(&x).unwrap(), ln.forward_composed(&x).unwrap());
+            assert!(rel(&a, &b) < tol, "{kind:?} {dtype:?}: {}", rel(&a, &b));
+            let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let vars =
+                std::iter::once(("x", &x)).chain(params.iter().map(|(n, v)| (n.as_str(), v)));
+            for (name, var) in vars {
+                let (da, db) = (ga.get(var).unwrap(), gb.get(var).unwrap());
+                assert_eq!(
+                    da.dtype(),
+                    var.dtype(),
+                    "{name}: the gradient keeps the dtype"
+                );
+                assert!(
+                    rel(da, db) < 2.0 * tol,
+                    "{kind:?} {dtype:?} d{name}: {}",
+                    rel(da, db)
+                );
+            }
+        }
+    }
+    // GELU against candle's gelu_erf, value and gradient, f32 and bf16.
+    for (dtype, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
+        let x = Tensor::randn(0f32, 2.0, (5, 1000), &dev).unwrap();
+        let x = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
+        let (a, b) = (
+            tinygpt::model::fused::gelu(&x).unwrap(),
+            x.gelu_erf().unwrap(),
+        );
+        assert!(rel(&a, &b) < tol, "gelu {dtype:?}: {}", rel(&a, &b));
+        let (ga, gb) = (
+            a.sum_all().unwrap().backward().unwrap(),
+            b.sum_all().unwrap().backward().unwrap(),
+        );
+        let (da, db) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+        assert!(
+            rel(da, db) < 2.0 * tol,
+            "gelu gradient {dtype:?}: {}",
+            rel(da, db)
+        );
+    }
+    // Cross-entropy reading bf16 logits directly: the loss in f32, the gradient in bf16.
+    let logits = Tensor::randn(0f32, 3.0, (6, 50304), &dev).unwrap();
+    let logits = Var::from_tensor(&logits.to_dtype(DType::BF16).unwrap()).unwrap();
+    let targets = Tensor::new(&[3u32, 0, 50303, u32::MAX, 7, 7], &dev).unwrap();
+    let (sum, count) = tinygpt::model::cross_entropy_sum(&logits, &targets).unwrap();
+    assert_eq!(
+        (sum.dtype(), count.to_scalar::<f32>().unwrap()),
+        (DType::F32, 5.0)
+    );
+    let wide = logits.to_dtype(DType::F32).unwrap();
+    let (sum2, _) = gpt::cross_entropy_composed(&wide, &targets).unwrap();
+    let (s1, s2) = (
+        sum.to_scalar::<f32>().unwrap(),
+        sum2.to_scalar::<f32>().unwrap(),
+    );
+    assert!(
+        (s1 - s2).abs() < 1e-4 * s2.abs(),
+        "bf16 cross-entropy {s1} vs {s2}"
+    );
+    let (g1, g2) = (sum.backward().unwrap(), sum2.backward().unwrap());
+    let (a, b) = (g1.get(&logits).unwrap(), g2.get(&logits).unwrap());
+    assert_eq!(a.dtype(), DType::BF16);
+    assert!(
+        max_abs_diff(a, b) < 4e-3,
+        "bf16 cross-entropy gradient: {}",
+        max_abs_diff(a, b)
+    );
+}

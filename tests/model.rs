@@ -823,3 +823,109 @@ fn fused_cpu_kernels_equal_the_composed_formulas_in_value_and_gradient() {
     let loss = model::cross_entropy(&uniform, &Tensor::new(&[1u32, 2], &dev).unwrap()).unwrap();
     assert!((loss.to_scalar::<f32>().unwrap() - 11f32.ln()).abs() < 1e-6);
 }
+
+#[test]
+fn fused_cpu_attention_and_norms_equal_the_composed_formulas_in_value_and_gradient() {
+    use model::attention::{document_mask, Attention, Mask};
+    use model::fused_attention::Documents;
+    use model::params::{ParamBuilder, WeightSource};
+    use model::rope::Rope;
+    use tinygpt::candle_core::Module;
+
+    let dev = Device::Cpu;
+    let data = batch(&sample_rows()).to_tensors(&dev).unwrap();
+    let (b, t) = data.x.dims2().unwrap();
+    let c = 16;
+    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (b, t, c), &dev).unwrap()).unwrap();
+    let w = Tensor::randn(0f64, 1.0, (b, t, c), &dev).unwrap();
+    // The gradients of Σ y ⊙ w with respect to every variable, as one long list of numbers.
+    let grads = |y: Tensor, vars: &[Tensor]| -> Vec<f64> {
+        let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter()
+            .flat_map(|v| {
+                let g = g.get(v).expect("every input gets a gradient");
+                g.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+            })
+            .collect()
+    };
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12);
+
+    for (name, cfg) in variants() {
+        // f32 weights from the seeded initialiser, copied to f64 (Loaded keeps f64).
+        let mut p = ParamBuilder::new(WeightSource::Init(tinygpt::rng::Rng::new(7)), &dev);
+        Attention::new(&mut p, "attn", &cfg, 0.3, 0.3).unwrap();
+        let tensors = p
+            .finish()
+            .unwrap()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().to_dtype(DType::F64).unwrap()))
+            .collect();
+        let mut p = ParamBuilder::new(WeightSource::Loaded(tensors), &dev);
+        let attn = Attention::new(&mut p, "attn", &cfg, 0.3, 0.3).unwrap();
+        let vars: Vec<Tensor> = std::iter::once(x.as_tensor().clone())
+            .chain(
+                p.finish()
+                    .unwrap()
+                    .iter()
+                    .map(|(_, v)| v.as_tensor().clone()),
+            )
+            .collect();
+        let rope = match cfg.positions {
+            Positions::Rope { theta } => Some(
+                Rope::new(theta, cfg.head_dim(), cfg.block_size, &dev)
+                    .unwrap()
+                    .angles(&data.pos, DType::F64)
+                    .unwrap(),
+            ),
+            Positions::Learned => None,
+        };
+        let fused = Mask::Documents(Documents::new(&data.doc).unwrap());
+        let composed = Mask::Additive(document_mask(&data.doc, DType::F64).unwrap());
+        let y1 = attn.forward(&x, rope.as_ref(), &fused, None).unwrap();
+        let y2 = attn.forward(&x, rope.as_ref(), &composed, None).unwrap();
+        assert!(
+            max_abs_diff(&y1, &y2) < 1e-12,
+            "{name}: {}",
+            max_abs_diff(&y1, &y2)
+        );
+        let (g1, g2) = (grads(y1, &vars), grads(y2, &vars));
+        assert!(close(&g1, &g2), "{name}: gradients differ");
+        assert!(g1.iter().any(|g| g.abs() > 1e-6), "{name}: no gradient");
+    }
+
+    // LayerNorm (with bias) and RMSNorm against the composed formulas, with non-trivial gains.
+    for kind in [Norm::LayerNorm, Norm::RmsNorm] {
+        let mut weights = HashMap::new();
+        let gain = Tensor::randn(1f64, 0.5, c, &dev).unwrap();
+        weights.insert("ln.weight".to_string(), gain);
+        if kind == Norm::LayerNorm {
+            let bias = Tensor::randn(0f64, 0.5, c, &dev).unwrap();
+            weights.insert("ln.bias".to_string(), bias);
+        }
+        let mut p = ParamBuilder::new(WeightSource::Loaded(weights), &dev);
+        let norm = model::norm::Norm::new(&mut p, "ln", kind, c, true, 1e-5).unwrap();
+        let params = p.finish().unwrap();
+        let vars: Vec<Tensor> = std::iter::once(x.as_tensor().clone())
+            .chain(params.iter().map(|(_, v)| v.as_tensor().clone()))
+            .collect();
+        let (y1, y2) = (
+            norm.forward(&x).unwrap(),
+            norm.forward_composed(&x).unwrap(),
+        );
+        assert!(max_abs_diff(&y1, &y2) < 1e-12, "{kind:?}");
+        assert!(
+            close(&grads(y1, &vars), &grads(y2, &vars)),
+            "{kind:?}: gradients differ"
+        );
+    }
+    // By hand: LayerNorm of (1, 2, 3) with gain 1 is (−1, 0, 1)·√(3/2).
+    let mut p = ParamBuilder::new(WeightSource::Init(tinygpt::rng::Rng::new(1)), &dev);
+    let norm = model::norm::Norm::new(&mut p, "ln", Norm::LayerNorm, 3, false, 0.0).unwrap();
+    let y: Vec<f64> = norm
+        .forward(&Tensor::new(&[1f64, 2.0, 3.0], &dev).unwrap())
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let s = 1.5f64.sqrt();
+    assert!(close(&y, &[-s, 0.0, s]), "{y:?}");
+}

@@ -158,7 +158,7 @@ pub fn decode_tokens_per_s(
 /// optimizer) and the model's building blocks timed alone at the same shapes, each forward +
 /// backward, synchronised, as milliseconds per call. A profile for finding what to optimise.
 pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>> {
-    use crate::model::attention::{document_mask, softmax_last_dim, Attention};
+    use crate::model::attention::{document_mask, softmax_last_dim, Attention, Mask};
     use crate::model::linear::Linear;
     use crate::model::norm::Norm;
     use crate::model::params::{ParamBuilder, WeightSource};
@@ -256,28 +256,48 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
     let ln = Norm::new(&mut p, "ln", cfg.norm, c, cfg.bias, cfg.norm_eps)?;
     let xs = randn(&[b, t, c])?;
     time("document mask (once per batch)", &mut || {
-        document_mask(&doc, dt)?;
+        Mask::for_documents(&doc, dt)?;
         Ok(())
     })?;
-    let mask = document_mask(&doc, dt)?;
+    let layer_mask = Mask::for_documents(&doc, dt)?;
     time("attention layer + backward", &mut || {
-        attn.forward(&xs.to_dtype(dt)?, None, &mask, None)?
+        attn.forward(&xs.to_dtype(dt)?, None, &layer_mask, None)?
             .sum_all()?
             .backward()?;
         Ok(())
     })?;
+    if let Mask::Documents(docs) = &layer_mask {
+        let qkv = randn(&[b, t, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim()])?;
+        time(
+            "  of which the fused attention kernel + backward",
+            &mut || {
+                let y = crate::model::fused_attention::attention(
+                    &qkv.to_dtype(dt)?,
+                    docs,
+                    cfg.n_head,
+                    cfg.n_kv_head,
+                )?;
+                y.sum_all()?.backward()?;
+                Ok(())
+            },
+        )?;
+    }
+    let mask = document_mask(&doc, dt)?;
     let scores = randn(&[b, cfg.n_head, t, t])?;
-    time("  of which softmax(scores + mask) + backward", &mut || {
-        let scores = scores.to_dtype(dt)?;
-        // The same choice as the attention layer: the fused kernel where there is one.
-        let att = if crate::model::fused::available(&scores) {
-            crate::model::fused::masked_softmax(&scores, &mask)?
-        } else {
-            softmax_last_dim(&scores.broadcast_add(&mask)?)?
-        };
-        att.sum_all()?.backward()?;
-        Ok(())
-    })?;
+    time(
+        "  composed path: softmax(scores + mask) + backward",
+        &mut || {
+            let scores = scores.to_dtype(dt)?;
+            // The same choice as the attention layer: the fused kernel where there is one.
+            let att = if crate::model::fused::available(&scores) {
+                crate::model::fused::masked_softmax(&scores, &mask)?
+            } else {
+                softmax_last_dim(&scores.broadcast_add(&mask)?)?
+            };
+            att.sum_all()?.backward()?;
+            Ok(())
+        },
+    )?;
     time("MLP c_fc matmul + GELU + backward", &mut || {
         crate::model::fused::gelu(&mlp_fc.forward(&xs.to_dtype(dt)?)?)?
             .sum_all()?

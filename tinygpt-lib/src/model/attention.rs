@@ -12,6 +12,7 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::config::GptConfig;
+use super::fused_attention::{self, Documents};
 use super::linear::Linear;
 use super::params::ParamBuilder;
 use super::rope;
@@ -60,16 +61,25 @@ impl Attention {
         })
     }
 
-    /// `x`: `(B, T, C)`. `rope`: the rotary angles when the model uses RoPE. `mask`: additive,
-    /// `(B or 1, 1, T, T_past + T)`, 0 where a token may look and −∞ where it may not.
-    /// `cache`: in generation, the past keys and values (extended here with the new ones).
+    /// `x`: `(B, T, C)`. `rope`: the rotary angles when the model uses RoPE. `mask`: who may
+    /// look at whom (see [`Mask`]). `cache`: in generation, the past keys and values (extended
+    /// here with the new ones).
     pub fn forward(
         &self,
         x: &Tensor,
         rope: Option<&(Tensor, Tensor)>,
-        mask: &Tensor,
+        mask: &Mask,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
+        let mask = match mask {
+            Mask::Additive(mask) => mask,
+            Mask::Documents(docs) if cache.is_none() => return self.forward_fused(x, rope, docs),
+            Mask::Documents(_) => {
+                return Err(crate::Error::Invalid(
+                    "attention: a KV cache needs an additive mask".into(),
+                ))
+            }
+        };
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
         let qkv = self
@@ -111,6 +121,57 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?; // (B, T, C)
         Ok(self.c_proj.forward(&y)?)
+    }
+
+    /// The same on the CPU through the fused kernel ([`super::fused_attention`]), which reads
+    /// `c_attn`'s output in place and writes `c_proj`'s input directly.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        docs: &Documents,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let mut qkv = self.c_attn.forward(x)?; // (B, T, (nh+2nkv)·hd)
+        if let Some((cos, sin)) = rope {
+            // Rotate the queries and keys, then pack them back beside the values.
+            let heads = qkv.reshape((b, t, nh + 2 * nkv, hd))?;
+            let rotated = |from: usize, n: usize| -> Result<Tensor> {
+                let x = heads.narrow(2, from, n)?.transpose(1, 2)?; // (B, n, T, hd)
+                Ok(rope::rotate(&x, cos, sin)?.transpose(1, 2)?)
+            };
+            let v = heads.narrow(2, nh + nkv, nkv)?;
+            qkv = Tensor::cat(&[&rotated(0, nh)?, &rotated(nh, nkv)?, &v], 2)?.reshape((
+                b,
+                t,
+                (nh + 2 * nkv) * hd,
+            ))?;
+        }
+        let y = fused_attention::attention(&qkv, docs, nh, nkv)?; // (B, T, nh·hd)
+        Ok(self.c_proj.forward(&y)?)
+    }
+}
+
+/// Who may look at whom.
+#[derive(Clone, Debug)]
+pub enum Mask {
+    /// An additive mask `(B or 1, 1, T, T_past + T)`: 0 where a token may look, −∞ where not.
+    Additive(Tensor),
+    /// Training and evaluation on the CPU: each token sees its own story up to itself, and the
+    /// fused kernel reads where each story starts instead of a `(T, T)` mask.
+    Documents(Documents),
+}
+
+impl Mask {
+    /// The mask of a training batch with document ids `doc` `(B, T)`: the fused kernel's
+    /// [`Documents`] where it runs, else the additive [`document_mask`].
+    pub fn for_documents(doc: &Tensor, dtype: DType) -> Result<Mask> {
+        if fused_attention::available(doc.device(), dtype) {
+            Ok(Mask::Documents(Documents::new(doc)?))
+        } else {
+            Ok(Mask::Additive(document_mask(doc, dtype)?))
+        }
     }
 }
 

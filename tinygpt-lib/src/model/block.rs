@@ -5,7 +5,7 @@
 
 use candle_core::{Module, Tensor};
 
-use super::attention::{Attention, LayerCache};
+use super::attention::{Attention, LayerCache, Mask};
 use super::config::GptConfig;
 use super::mlp::Mlp;
 use super::norm::Norm;
@@ -55,7 +55,7 @@ impl Block {
         &self,
         x: &Tensor,
         rope: Option<&(Tensor, Tensor)>,
-        mask: &Tensor,
+        mask: &Mask,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let x = (x + self

@@ -93,33 +93,159 @@ extern "C" __global__ void softmax_backward_bf16(const bf16* y, const bf16* dy, 
 
 #define IGNORE 0xffffffffu
 
-// loss_i = logsumexp(x_i) − x_i[t_i] (0 where t_i is IGNORE); x: (N, V) f32.
-extern "C" __global__ void cross_entropy_f32(const float* x, const unsigned int* targets, float* loss, int v) {
+// loss_i = logsumexp(x_i) − x_i[t_i] (0 where t_i is IGNORE); x: (N, V) f32 or bf16, loss f32.
+template <typename T>
+__device__ void cross_entropy(const T* x, const unsigned int* targets, float* loss, int v) {
     long row = blockIdx.x, r = row * (long)v;
     unsigned int t = targets[row];
     if (t == IGNORE) { if (threadIdx.x == 0) loss[row] = 0.0f; return; }
     if (t >= (unsigned int)v) { if (threadIdx.x == 0) loss[row] = __int_as_float(0x7fc00000); return; }  // NaN
     float mx = NEG_INF;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, x[r + j]);
+    for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, load(x, r + j));
     mx = block_max(mx);
     float s = 0.0f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) s += __expf(x[r + j] - mx);
+    for (int j = threadIdx.x; j < v; j += blockDim.x) s += __expf(load(x, r + j) - mx);
     s = block_sum(s);
-    if (threadIdx.x == 0) loss[row] = logf(s) + mx - x[r + t];
+    if (threadIdx.x == 0) loss[row] = logf(s) + mx - load(x, r + t);
 }
 
-// dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i (0 where t_i is IGNORE).
-extern "C" __global__ void cross_entropy_backward_f32(const float* x, const unsigned int* targets, const float* dloss, float* dx, int v) {
+// dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i (0 where t_i is IGNORE); dx in x's dtype.
+template <typename T>
+__device__ void cross_entropy_backward(const T* x, const unsigned int* targets, const float* dloss, T* dx, int v) {
     long row = blockIdx.x, r = row * (long)v;
     unsigned int t = targets[row];
-    if (t == IGNORE || t >= (unsigned int)v) { for (int j = threadIdx.x; j < v; j += blockDim.x) dx[r + j] = 0.0f; return; }
+    if (t == IGNORE || t >= (unsigned int)v) { for (int j = threadIdx.x; j < v; j += blockDim.x) store(dx, r + j, 0.0f); return; }
     float mx = NEG_INF;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, x[r + j]);
+    for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, load(x, r + j));
     mx = block_max(mx);
     float s = 0.0f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) s += __expf(x[r + j] - mx);
+    for (int j = threadIdx.x; j < v; j += blockDim.x) s += __expf(load(x, r + j) - mx);
     float g = dloss[row] / block_sum(s);
     float d = dloss[row];
     for (int j = threadIdx.x; j < v; j += blockDim.x)
-        dx[r + j] = __expf(x[r + j] - mx) * g - (j == (int)t ? d : 0.0f);
+        store(dx, r + j, __expf(load(x, r + j) - mx) * g - (j == (int)t ? d : 0.0f));
 }
+
+extern "C" __global__ void cross_entropy_f32(const float* x, const unsigned int* t, float* loss, int v) {
+    cross_entropy(x, t, loss, v);
+}
+extern "C" __global__ void cross_entropy_bf16(const bf16* x, const unsigned int* t, float* loss, int v) {
+    cross_entropy(x, t, loss, v);
+}
+extern "C" __global__ void cross_entropy_backward_f32(const float* x, const unsigned int* t, const float* dl, float* dx, int v) {
+    cross_entropy_backward(x, t, dl, dx, v);
+}
+extern "C" __global__ void cross_entropy_backward_bf16(const bf16* x, const unsigned int* t, const float* dl, bf16* dx, int v) {
+    cross_entropy_backward(x, t, dl, dx, v);
+}
+
+// LayerNorm (rms = 0) and RMSNorm (rms = 1) of rows of `c`; x, y, dy, dx in T, the gain w in f32.
+// See model/fused_norm.rs for the formulas. The row's statistics are recomputed in backward.
+template <typename T>
+__device__ void row_stats(const T* x, long r, int c, int rms, float eps, float* mean, float* rstd) {
+    float m = 0.0f;
+    if (!rms) {
+        for (int j = threadIdx.x; j < c; j += blockDim.x) m += load(x, r + j);
+        m = block_sum(m) / c;
+    }
+    float v = 0.0f;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) { float d = load(x, r + j) - m; v += d * d; }
+    v = block_sum(v) / c;
+    *mean = m;
+    *rstd = rsqrtf(v + eps);
+}
+
+template <typename T>
+__device__ void norm_forward(const T* x, const float* w, T* y, int c, int rms, float eps) {
+    long r = (long)blockIdx.x * c;
+    float mean, rstd;
+    row_stats(x, r, c, rms, eps, &mean, &rstd);
+    for (int j = threadIdx.x; j < c; j += blockDim.x) store(y, r + j, (load(x, r + j) - mean) * rstd * w[j]);
+}
+
+template <typename T>
+__device__ void norm_backward_x(const T* x, const float* w, const T* dy, T* dx, int c, int rms, float eps) {
+    long r = (long)blockIdx.x * c;
+    float mean, rstd;
+    row_stats(x, r, c, rms, eps, &mean, &rstd);
+    float sg = 0.0f, sgx = 0.0f;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        float g = load(dy, r + j) * w[j];
+        sg += g;
+        sgx += g * (load(x, r + j) - mean) * rstd;
+    }
+    sg = rms ? 0.0f : block_sum(sg) / c;
+    sgx = block_sum(sgx) / c;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        float xh = (load(x, r + j) - mean) * rstd;
+        store(dx, r + j, rstd * (load(dy, r + j) * w[j] - sg - xh * sgx));
+    }
+}
+
+// Partial sums of dy ⊙ x̂ over the rows blockIdx.x, blockIdx.x + gridDim.x, …: (gridDim.x, c) f32.
+// Each thread owns the columns j ≡ threadIdx.x (mod blockDim.x) of the shared accumulator.
+template <typename T>
+__device__ void norm_backward_w(const T* x, const T* dy, float* partial, int n, int c, int rms, float eps) {
+    extern __shared__ float acc[];
+    for (int j = threadIdx.x; j < c; j += blockDim.x) acc[j] = 0.0f;
+    for (long row = blockIdx.x; row < n; row += gridDim.x) {
+        long r = row * c;
+        float mean, rstd;
+        row_stats(x, r, c, rms, eps, &mean, &rstd);
+        for (int j = threadIdx.x; j < c; j += blockDim.x) acc[j] += load(dy, r + j) * (load(x, r + j) - mean) * rstd;
+    }
+    for (int j = threadIdx.x; j < c; j += blockDim.x) partial[(long)blockIdx.x * c + j] = acc[j];
+}
+
+// out[j] = Σ_i partial[i, j] over `n` rows of `c`: one thread per column.
+extern "C" __global__ void sum_columns(const float* partial, float* out, int n, int c) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += partial[(long)i * c + j];
+    out[j] = s;
+}
+
+extern "C" __global__ void norm_forward_f32(const float* x, const float* w, float* y, int c, int rms, float eps) {
+    norm_forward(x, w, y, c, rms, eps);
+}
+extern "C" __global__ void norm_forward_bf16(const bf16* x, const float* w, bf16* y, int c, int rms, float eps) {
+    norm_forward(x, w, y, c, rms, eps);
+}
+extern "C" __global__ void norm_backward_x_f32(const float* x, const float* w, const float* dy, float* dx, int c, int rms, float eps) {
+    norm_backward_x(x, w, dy, dx, c, rms, eps);
+}
+extern "C" __global__ void norm_backward_x_bf16(const bf16* x, const float* w, const bf16* dy, bf16* dx, int c, int rms, float eps) {
+    norm_backward_x(x, w, dy, dx, c, rms, eps);
+}
+extern "C" __global__ void norm_backward_w_f32(const float* x, const float* dy, float* partial, int n, int c, int rms, float eps) {
+    norm_backward_w(x, dy, partial, n, c, rms, eps);
+}
+extern "C" __global__ void norm_backward_w_bf16(const bf16* x, const bf16* dy, float* partial, int n, int c, int rms, float eps) {
+    norm_backward_w(x, dy, partial, n, c, rms, eps);
+}
+
+// GELU, exact form, element by element: y = x·Φ(x); backward dx = dy·(Φ(x) + x·φ(x)).
+__device__ __forceinline__ float gelu_cdf(float x) { return 0.5f * (1.0f + erff(x * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_pdf(float x) { return __expf(-0.5f * x * x) * 0.39894228040143268f; }
+
+template <typename T>
+__device__ void gelu_forward(const T* x, T* y, long n) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float a = load(x, i);
+        store(y, i, a * gelu_cdf(a));
+    }
+}
+
+template <typename T>
+__device__ void gelu_backward(const T* x, const T* dy, T* dx, long n) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float a = load(x, i);
+        store(dx, i, load(dy, i) * (gelu_cdf(a) + a * gelu_pdf(a)));
+    }
+}
+
+extern "C" __global__ void gelu_forward_f32(const float* x, float* y, long n) { gelu_forward(x, y, n); }
+extern "C" __global__ void gelu_forward_bf16(const bf16* x, bf16* y, long n) { gelu_forward(x, y, n); }
+extern "C" __global__ void gelu_backward_f32(const float* x, const float* dy, float* dx, long n) { gelu_backward(x, dy, dx, n); }
+extern "C" __global__ void gelu_backward_bf16(const bf16* x, const bf16* dy, bf16* dx, long n) { gelu_backward(x, dy, dx, n); }

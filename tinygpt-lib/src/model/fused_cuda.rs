@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
+    PushKernelArg,
 };
 use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::cuda_backend::CudaDevice;
@@ -124,17 +125,51 @@ pub fn softmax_backward(
     two_inputs("softmax_backward", (y, ly), (dy, ldy), &[n])
 }
 
-fn f32_and_targets<'a>(
-    x: &'a CudaStorage,
-    targets: &'a CudaStorage,
-) -> Result<(&'a CudaSlice<f32>, &'a CudaSlice<u32>)> {
-    match (&x.slice, &targets.slice) {
-        (CudaStorageSlice::F32(x), CudaStorageSlice::U32(t)) => Ok((x, t)),
-        _ => candle_core::bail!("cross-entropy on CUDA: f32 logits and u32 targets"),
+/// A compiled kernel and the device's stream, ready to launch.
+struct Kernel {
+    f: CudaFunction,
+    stream: std::sync::Arc<CudaStream>,
+}
+
+fn kernel(dev: &CudaDevice, name: &str) -> Result<Kernel> {
+    Ok(Kernel {
+        f: function(dev, name)?,
+        stream: dev.cuda_stream(),
+    })
+}
+
+impl Kernel {
+    /// Launches with the arguments `push` adds, in the order of the kernel's signature.
+    fn run<'a>(
+        &'a self,
+        config: LaunchConfig,
+        push: impl FnOnce(&mut LaunchArgs<'a>),
+    ) -> Result<()> {
+        let mut builder = self.stream.launch_builder(&self.f);
+        push(&mut builder);
+        // SAFETY: every caller pushes the arguments of the kernel's signature in fused.cu.
+        unsafe { builder.launch(config) }.w()?;
+        Ok(())
     }
 }
 
-/// Per-row cross-entropy `(N)` of logits `(N, V)` (f32) against targets `(N)` (u32).
+fn storage(slice: CudaStorageSlice, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage {
+        slice,
+        device: dev.clone(),
+    }
+}
+
+fn targets_of<'a>(targets: &'a CudaStorage, lt: &Layout) -> Result<CudaView<'a, u32>> {
+    let to = offsets(lt)?;
+    match &targets.slice {
+        CudaStorageSlice::U32(t) => Ok(t.slice(to.0..to.1)),
+        _ => candle_core::bail!("cross-entropy on CUDA: u32 targets"),
+    }
+}
+
+/// Per-row cross-entropy `(N)`, f32, of logits `(N, V)` (f32 or bf16: read as they are, no f32
+/// copy of the big tensor) against targets `(N)` (u32).
 pub fn cross_entropy(
     x: &CudaStorage,
     lx: &Layout,
@@ -142,26 +177,30 @@ pub fn cross_entropy(
     lt: &Layout,
 ) -> Result<(CudaStorage, Shape)> {
     let (n, v) = lx.shape().dims2()?;
-    let (xo, to) = (offsets(lx)?, offsets(lt)?);
-    let (xs, ts) = f32_and_targets(x, targets)?;
+    let (xo, ts, v32) = (offsets(lx)?, targets_of(targets, lt)?, v as i32);
     let dev = &x.device;
+    // SAFETY: the kernel writes all `n` losses.
     let out = unsafe { dev.alloc::<f32>(n)? };
-    let f = function(dev, "cross_entropy_f32")?;
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    let (xs, ts, v) = (xs.slice(xo.0..xo.1), ts.slice(to.0..to.1), v as i32);
-    b.arg(&xs).arg(&ts).arg(&out).arg(&v);
-    unsafe { b.launch(rows(n)) }.w()?;
-    Ok((
-        CudaStorage {
-            slice: CudaStorageSlice::F32(out),
-            device: dev.clone(),
-        },
-        Shape::from(n),
-    ))
+    match &x.slice {
+        CudaStorageSlice::F32(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            kernel(dev, "cross_entropy_f32")?.run(rows(n), |b| {
+                b.arg(&xs).arg(&ts).arg(&out).arg(&v32);
+            })?
+        }
+        CudaStorageSlice::BF16(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            kernel(dev, "cross_entropy_bf16")?.run(rows(n), |b| {
+                b.arg(&xs).arg(&ts).arg(&out).arg(&v32);
+            })?
+        }
+        _ => candle_core::bail!("cross-entropy on CUDA: f32 or bf16 logits"),
+    }
+    Ok((storage(CudaStorageSlice::F32(out), dev), Shape::from(n)))
 }
 
-/// `dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i`: logits `(N, V)`, targets `(N)`, dloss `(N)`.
+/// `dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i`: logits `(N, V)` (f32 or bf16; `dx` the same),
+/// targets `(N)`, dloss `(N)` f32.
 pub fn cross_entropy_backward(
     x: &CudaStorage,
     lx: &Layout,
@@ -171,29 +210,262 @@ pub fn cross_entropy_backward(
     ld: &Layout,
 ) -> Result<(CudaStorage, Shape)> {
     let (n, v) = lx.shape().dims2()?;
-    let (xo, to, doff) = (offsets(lx)?, offsets(lt)?, offsets(ld)?);
-    let (xs, ts) = f32_and_targets(x, targets)?;
+    let (xo, doff, ts, v32) = (
+        offsets(lx)?,
+        offsets(ld)?,
+        targets_of(targets, lt)?,
+        v as i32,
+    );
     let CudaStorageSlice::F32(ds) = &dloss.slice else {
         candle_core::bail!("cross-entropy backward on CUDA: f32 gradient")
     };
+    let ds = ds.slice(doff.0..doff.1);
     let dev = &x.device;
-    let out = unsafe { dev.alloc::<f32>(n * v)? };
-    let f = function(dev, "cross_entropy_backward_f32")?;
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    let (xs, ts, ds) = (
-        xs.slice(xo.0..xo.1),
-        ts.slice(to.0..to.1),
-        ds.slice(doff.0..doff.1),
-    );
-    let v = v as i32;
-    b.arg(&xs).arg(&ts).arg(&ds).arg(&out).arg(&v);
-    unsafe { b.launch(rows(n)) }.w()?;
-    Ok((
-        CudaStorage {
-            slice: CudaStorageSlice::F32(out),
-            device: dev.clone(),
-        },
-        lx.shape().clone(),
-    ))
+    let slice = match &x.slice {
+        CudaStorageSlice::F32(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            // SAFETY: the kernel writes all n·v gradients.
+            let out = unsafe { dev.alloc::<f32>(n * v)? };
+            kernel(dev, "cross_entropy_backward_f32")?.run(rows(n), |b| {
+                b.arg(&xs).arg(&ts).arg(&ds).arg(&out).arg(&v32);
+            })?;
+            CudaStorageSlice::F32(out)
+        }
+        CudaStorageSlice::BF16(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            // SAFETY: as above.
+            let out = unsafe { dev.alloc::<half::bf16>(n * v)? };
+            kernel(dev, "cross_entropy_backward_bf16")?.run(rows(n), |b| {
+                b.arg(&xs).arg(&ts).arg(&ds).arg(&out).arg(&v32);
+            })?;
+            CudaStorageSlice::BF16(out)
+        }
+        _ => candle_core::bail!("cross-entropy backward on CUDA: f32 or bf16 logits"),
+    };
+    Ok((storage(slice, dev), lx.shape().clone()))
+}
+
+/// The gain of a norm: f32 on CUDA whatever the activations' dtype.
+fn gain<'a>(w: &'a CudaStorage, lw: &Layout) -> Result<CudaView<'a, f32>> {
+    let wo = offsets(lw)?;
+    match &w.slice {
+        CudaStorageSlice::F32(w) => Ok(w.slice(wo.0..wo.1)),
+        _ => candle_core::bail!("norm on CUDA: an f32 gain"),
+    }
+}
+
+/// LayerNorm / RMSNorm forward: `x` `(N, C)` f32 or bf16, gain `(C)` f32 → `y` like `x`.
+pub fn norm_forward(
+    (x, lx): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
+    rms: bool,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    let c = *lx.dims().last().expect("a row axis");
+    let n = lx.shape().elem_count() / c;
+    let (xo, w, dev) = (offsets(lx)?, gain(w, lw)?, &x.device);
+    let (c32, rms, eps) = (c as i32, rms as i32, eps as f32);
+    let slice = match &x.slice {
+        CudaStorageSlice::F32(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            // SAFETY: the kernel writes every element.
+            let y = unsafe { dev.alloc::<f32>(n * c)? };
+            kernel(dev, "norm_forward_f32")?.run(rows(n), |b| {
+                b.arg(&xs).arg(&w).arg(&y).arg(&c32).arg(&rms).arg(&eps);
+            })?;
+            CudaStorageSlice::F32(y)
+        }
+        CudaStorageSlice::BF16(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            // SAFETY: as above.
+            let y = unsafe { dev.alloc::<half::bf16>(n * c)? };
+            kernel(dev, "norm_forward_bf16")?.run(rows(n), |b| {
+                b.arg(&xs).arg(&w).arg(&y).arg(&c32).arg(&rms).arg(&eps);
+            })?;
+            CudaStorageSlice::BF16(y)
+        }
+        _ => candle_core::bail!("norm on CUDA: f32 or bf16 activations"),
+    };
+    Ok((storage(slice, dev), lx.shape().clone()))
+}
+
+/// Norm backward for the input: `dx` from `x`, gain `w` (f32) and `dy` (like `x`).
+pub fn norm_backward_x(
+    (x, lx): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
+    (dy, ldy): (&CudaStorage, &Layout),
+    rms: bool,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    let c = *lx.dims().last().expect("a row axis");
+    let n = lx.shape().elem_count() / c;
+    let (xo, dyo, w, dev) = (offsets(lx)?, offsets(ldy)?, gain(w, lw)?, &x.device);
+    let (c32, rms, eps) = (c as i32, rms as i32, eps as f32);
+    let slice = match (&x.slice, &dy.slice) {
+        (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(dys)) => {
+            let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
+            // SAFETY: the kernel writes every element.
+            let dx = unsafe { dev.alloc::<f32>(n * c)? };
+            kernel(dev, "norm_backward_x_f32")?.run(rows(n), |b| {
+                b.arg(&xs)
+                    .arg(&w)
+                    .arg(&dys)
+                    .arg(&dx)
+                    .arg(&c32)
+                    .arg(&rms)
+                    .arg(&eps);
+            })?;
+            CudaStorageSlice::F32(dx)
+        }
+        (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(dys)) => {
+            let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
+            // SAFETY: as above.
+            let dx = unsafe { dev.alloc::<half::bf16>(n * c)? };
+            kernel(dev, "norm_backward_x_bf16")?.run(rows(n), |b| {
+                b.arg(&xs)
+                    .arg(&w)
+                    .arg(&dys)
+                    .arg(&dx)
+                    .arg(&c32)
+                    .arg(&rms)
+                    .arg(&eps);
+            })?;
+            CudaStorageSlice::BF16(dx)
+        }
+        _ => candle_core::bail!("norm backward on CUDA: x and dy of one dtype, f32 or bf16"),
+    };
+    Ok((storage(slice, dev), lx.shape().clone()))
+}
+
+/// Norm backward for the gain: `dw = Σ_rows dy ⊙ x̂`, `(C)` f32. Blocks sum strided sets of
+/// rows into `(blocks, C)` partial sums, then one thread per column adds those up.
+pub fn norm_backward_w(
+    (x, lx): (&CudaStorage, &Layout),
+    (dy, ldy): (&CudaStorage, &Layout),
+    rms: bool,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    let c = *lx.dims().last().expect("a row axis");
+    let n = lx.shape().elem_count() / c;
+    let blocks = n.clamp(1, 256);
+    let (xo, dyo, dev) = (offsets(lx)?, offsets(ldy)?, &x.device);
+    let (n32, c32, rms, eps) = (n as i32, c as i32, rms as i32, eps as f32);
+    let config = LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: (c * 4) as u32,
+    };
+    // SAFETY: the kernel writes all blocks·c partial sums.
+    let partial = unsafe { dev.alloc::<f32>(blocks * c)? };
+    match (&x.slice, &dy.slice) {
+        (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(dys)) => {
+            let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
+            kernel(dev, "norm_backward_w_f32")?.run(config, |b| {
+                b.arg(&xs)
+                    .arg(&dys)
+                    .arg(&partial)
+                    .arg(&n32)
+                    .arg(&c32)
+                    .arg(&rms)
+                    .arg(&eps);
+            })?
+        }
+        (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(dys)) => {
+            let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
+            kernel(dev, "norm_backward_w_bf16")?.run(config, |b| {
+                b.arg(&xs)
+                    .arg(&dys)
+                    .arg(&partial)
+                    .arg(&n32)
+                    .arg(&c32)
+                    .arg(&rms)
+                    .arg(&eps);
+            })?
+        }
+        _ => candle_core::bail!("norm backward on CUDA: x and dy of one dtype, f32 or bf16"),
+    }
+    // SAFETY: the kernel writes all c sums.
+    let dw = unsafe { dev.alloc::<f32>(c)? };
+    let columns = LaunchConfig {
+        grid_dim: (c.div_ceil(THREADS as usize) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let blocks32 = blocks as i32;
+    kernel(dev, "sum_columns")?.run(columns, |b| {
+        b.arg(&partial).arg(&dw).arg(&blocks32).arg(&c32);
+    })?;
+    Ok((storage(CudaStorageSlice::F32(dw), dev), Shape::from(c)))
+}
+
+/// Enough blocks of `THREADS` to give every element a thread, capped (the kernels stride).
+fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(THREADS as usize).clamp(1, 65_535) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// GELU forward, element by element, f32 or bf16.
+pub fn gelu_forward(x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+    let (xo, dev) = (offsets(lx)?, &x.device);
+    let n = xo.1 - xo.0;
+    let n64 = n as i64;
+    let slice = match &x.slice {
+        CudaStorageSlice::F32(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            // SAFETY: the kernel writes every element.
+            let y = unsafe { dev.alloc::<f32>(n)? };
+            kernel(dev, "gelu_forward_f32")?.run(elementwise(n), |b| {
+                b.arg(&xs).arg(&y).arg(&n64);
+            })?;
+            CudaStorageSlice::F32(y)
+        }
+        CudaStorageSlice::BF16(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            // SAFETY: as above.
+            let y = unsafe { dev.alloc::<half::bf16>(n)? };
+            kernel(dev, "gelu_forward_bf16")?.run(elementwise(n), |b| {
+                b.arg(&xs).arg(&y).arg(&n64);
+            })?;
+            CudaStorageSlice::BF16(y)
+        }
+        _ => candle_core::bail!("gelu on CUDA: f32 or bf16"),
+    };
+    Ok((storage(slice, dev), lx.shape().clone()))
+}
+
+/// GELU backward: `dx` from `x` and `dy` (one dtype, f32 or bf16).
+pub fn gelu_backward(
+    x: &CudaStorage,
+    lx: &Layout,
+    dy: &CudaStorage,
+    ldy: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let (xo, dyo, dev) = (offsets(lx)?, offsets(ldy)?, &x.device);
+    let n = xo.1 - xo.0;
+    let n64 = n as i64;
+    let slice = match (&x.slice, &dy.slice) {
+        (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(dys)) => {
+            let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
+            // SAFETY: the kernel writes every element.
+            let dx = unsafe { dev.alloc::<f32>(n)? };
+            kernel(dev, "gelu_backward_f32")?.run(elementwise(n), |b| {
+                b.arg(&xs).arg(&dys).arg(&dx).arg(&n64);
+            })?;
+            CudaStorageSlice::F32(dx)
+        }
+        (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(dys)) => {
+            let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
+            // SAFETY: as above.
+            let dx = unsafe { dev.alloc::<half::bf16>(n)? };
+            kernel(dev, "gelu_backward_bf16")?.run(elementwise(n), |b| {
+                b.arg(&xs).arg(&dys).arg(&dx).arg(&n64);
+            })?;
+            CudaStorageSlice::BF16(dx)
+        }
+        _ => candle_core::bail!("gelu backward on CUDA: x and dy of one dtype, f32 or bf16"),
+    };
+    Ok((storage(slice, dev), lx.shape().clone()))
 }

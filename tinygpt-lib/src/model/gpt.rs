@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 
-use super::attention::{causal_mask, document_mask, LayerCache};
+use super::attention::{causal_mask, LayerCache, Mask};
 use super::block::Block;
 use super::config::{GptConfig, Positions};
 use super::linear::Linear;
@@ -151,7 +151,7 @@ impl Gpt {
     /// The logits `(B, T, vocab_size)` for token ids `idx`, document ids `doc` and positions `pos`,
     /// all `(B, T)` `u32` (from the loader: positions restart at 0 with every story).
     pub fn forward(&self, idx: &Tensor, doc: &Tensor, pos: &Tensor) -> Result<Tensor> {
-        let mask = document_mask(doc, self.compute_dtype)?;
+        let mask = Mask::for_documents(doc, self.compute_dtype)?;
         let x = self.embed(idx, pos)?;
         let rope = self.rope_angles(pos)?;
         let mut x = x;
@@ -187,7 +187,7 @@ impl Gpt {
             .flat_map(|_| (past..past + t).map(|p| p as u32))
             .collect();
         let pos = Tensor::from_vec(pos, (b, t), &self.device)?;
-        let mask = causal_mask(past, t, &self.device, self.compute_dtype)?;
+        let mask = Mask::Additive(causal_mask(past, t, &self.device, self.compute_dtype)?);
         let rope = self.rope_angles(&pos)?;
         let mut x = self.embed(idx, &pos)?;
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
@@ -242,21 +242,18 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// fused kernel ([`super::fused`]) computes it; elsewhere [`cross_entropy_composed`].
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let v = logits.dim(D::Minus1)?;
-    let logits = logits
-        .to_dtype(super::wide(logits.dtype()))?
-        .reshape(((), v))?; // (N, V)
+    let logits = logits.reshape(((), v))?; // (N, V)
     let targets = targets.flatten_all()?; // (N)
     if super::fused::available(&logits) {
+        // The kernel reads bf16 logits as they are and sums in f32: no f32 copy of (N, V).
+        let losses = super::fused::cross_entropy_rows(&logits, &targets)?; // (N), f32 or f64
         let count = targets
             .ne(IGNORE_INDEX)?
-            .to_dtype(logits.dtype())?
+            .to_dtype(losses.dtype())?
             .sum_all()?;
-        return Ok((
-            super::fused::cross_entropy_rows(&logits, &targets)?.sum_all()?,
-            count,
-        ));
+        return Ok((losses.sum_all()?, count));
     }
-    cross_entropy_composed(&logits, &targets)
+    cross_entropy_composed(&logits.to_dtype(super::wide(logits.dtype()))?, &targets)
 }
 
 /// The cross-entropy from differentiable tensor operations, for `logits` `(N, V)` and `targets`

@@ -45,7 +45,7 @@ impl Module for Linear {
         let w = self.weight.to_dtype(x.dtype())?;
         let mut y = x.reshape((rows, d_in))?.matmul(&w.t()?)?;
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(&b.to_dtype(x.dtype())?)?;
+            y = super::fused::add_bias(&y, b).map_err(candle_core::Error::wrap)?;
         }
         let mut out_dims = dims.to_vec();
         out_dims[dims.len() - 1] = self.weight.dim(0)?;

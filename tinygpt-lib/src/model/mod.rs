@@ -9,9 +9,12 @@ pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod fast_math;
 pub mod fused;
+pub mod fused_attention;
 #[cfg(feature = "cuda")]
 mod fused_cuda;
+pub mod fused_norm;
 pub mod generate;
 pub mod gpt;
 pub mod hf;

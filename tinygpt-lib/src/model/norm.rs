@@ -47,6 +47,23 @@ impl Norm {
 
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if super::fused_norm::available(x) {
+            let rms = self.kind == NormKind::RmsNorm;
+            let y = super::fused_norm::norm(x, &self.weight, rms, self.eps)
+                .map_err(candle_core::Error::wrap)?;
+            return match &self.bias {
+                Some(b) => super::fused::add_bias(&y, b).map_err(candle_core::Error::wrap),
+                None => Ok(y),
+            };
+        }
+        self.forward_composed(x)
+    }
+}
+
+impl Norm {
+    /// The formulas from differentiable tensor operations (GPUs, bf16; the reference the fused
+    /// CPU kernel is tested against).
+    pub fn forward_composed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(super::wide(dtype))?;
         let x = match self.kind {
