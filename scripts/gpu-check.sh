@@ -70,6 +70,25 @@ if [[ -n "${GPU_CHECK_PROFILE:-}" ]]; then   # where tinygpt's step time goes, p
     --steps 3 --warmup-steps 1 --peak-tflops "$PEAK" --profile 2>&1 | tee "$OUT/profile.txt" | tail -16
 fi
 
+if [[ -n "${GPU_CHECK_NSYS:-}" ]]; then   # the GPU kernels of a few steps, by total time (Nsight Systems)
+  NSYS="$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/*/bin/nsys /usr/lib/nsight-systems/bin/nsys 2>/dev/null | head -1)"
+  if [[ -n "$NSYS" ]]; then
+    echo "== kernels of 5 training steps ($NSYS)"
+    timeout 240 "$NSYS" profile -o /tmp/tinygpt-nsys --force-overwrite true -t cuda "$BIN" bench train --preset seed-61m \
+      --device cuda:0 --dtype bf16 --batch-size 32 --steps 5 --warmup-steps 2 > /dev/null 2>&1
+    timeout 120 "$NSYS" stats -q --report cuda_gpu_kern_sum --format csv /tmp/tinygpt-nsys.nsys-rep 2>/dev/null \
+      > "$OUT/kernels.csv"
+    "$PY" - "$OUT/kernels.csv" <<'PY'
+import csv, sys
+rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if l.strip() and not l.startswith("Generating"))]
+for r in rows[:25]:
+    print(f"{float(r['Time (%)']):5.1f}%  {float(r['Total Time (ns)']) / 1e6:9.2f} ms  {int(r['Instances']):7d}x  {r['Name'][:90]}")
+PY
+  else
+    echo "== nsys: not found on this machine"
+  fi
+fi
+
 echo "== summary ($NAME)"
 "$PY" - "$OURS" "$TORCH_DOC" "$TORCH_CAUSAL" <<'PY'
 import json, sys

@@ -86,5 +86,26 @@ pub fn tune_cpu() {
             // SAFETY: called before candle or tinygpt start worker threads that read the environment.
             std::env::set_var("CANDLE_NUM_THREADS", "1");
         }
+        keep_freed_memory();
     });
+}
+
+/// Asks glibc's allocator to keep freed blocks for reuse instead of handing them back to the
+/// kernel. Every candle operation allocates its output; blocks of a few MB (a training step's
+/// activations) would otherwise be mapped, zeroed page by page by the kernel and unmapped again
+/// at every step.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        // SAFETY: mallopt only changes two tuning parameters of the allocator.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20); // glibc's largest
+            mallopt(M_TRIM_THRESHOLD, 1 << 30);
+        }
+    }
 }

@@ -249,3 +249,18 @@ extern "C" __global__ void gelu_forward_f32(const float* x, float* y, long n) { 
 extern "C" __global__ void gelu_forward_bf16(const bf16* x, bf16* y, long n) { gelu_forward(x, y, n); }
 extern "C" __global__ void gelu_backward_f32(const float* x, const float* dy, float* dx, long n) { gelu_backward(x, dy, dx, n); }
 extern "C" __global__ void gelu_backward_bf16(const bf16* x, const bf16* dy, bf16* dx, long n) { gelu_backward(x, dy, dx, n); }
+
+// AdamW in place (train/adamw_fused.rs): m ← β·m + (1−β)·(s·g), or (s·g)² when `square`;
+// θ ← θ·decay − step · m / (√v / bias2_sqrt + ε). f32 master weights and moments.
+extern "C" __global__ void adamw_moment(float* m, const float* g, long n, float beta, float scale, int square) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float x = scale * g[i];
+        if (square) x = x * x;
+        m[i] = beta * m[i] + (1.0f - beta) * x;
+    }
+}
+
+extern "C" __global__ void adamw_update(float* theta, const float* m, const float* v, long n, float decay, float step, float bias2_sqrt, float eps) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        theta[i] = theta[i] * decay - step * (m[i] / (sqrtf(v[i]) / bias2_sqrt + eps));
+}

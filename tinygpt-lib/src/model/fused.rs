@@ -94,7 +94,7 @@ macro_rules! vectorized {
 pub(super) use vectorized;
 
 /// The float types the kernels handle.
-pub(super) trait Real:
+pub(crate) trait Real:
     WithDType
     + Copy
     + Send

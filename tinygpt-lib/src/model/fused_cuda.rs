@@ -469,3 +469,67 @@ pub fn gelu_backward(
     };
     Ok((storage(slice, dev), lx.shape().clone()))
 }
+
+fn f32_mut<'a>(
+    s: &'a mut CudaStorage,
+    l: &Layout,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaViewMut<'a, f32>> {
+    let o = offsets(l)?;
+    match &mut s.slice {
+        CudaStorageSlice::F32(x) => Ok(x.slice_mut(o.0..o.1)),
+        _ => candle_core::bail!("AdamW on CUDA: f32 weights and moments"),
+    }
+}
+
+fn f32_view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
+    let o = offsets(l)?;
+    match &s.slice {
+        CudaStorageSlice::F32(x) => Ok(x.slice(o.0..o.1)),
+        _ => candle_core::bail!("AdamW on CUDA: f32 gradients and moments"),
+    }
+}
+
+/// AdamW's moment update in place (see `train/adamw_fused.rs`).
+pub fn adamw_moment(
+    (m, lm): (&mut CudaStorage, &Layout),
+    (g, lg): (&CudaStorage, &Layout),
+    op: &crate::train::adamw_fused::Moment,
+) -> Result<()> {
+    let dev = m.device.clone();
+    let n = lm.shape().elem_count();
+    let (mut ms, gs) = (f32_mut(m, lm)?, f32_view(g, lg)?);
+    let (n64, beta, scale, square) = (n as i64, op.beta as f32, op.scale as f32, op.square as i32);
+    kernel(&dev, "adamw_moment")?.run(elementwise(n), |b| {
+        b.arg(&mut ms)
+            .arg(&gs)
+            .arg(&n64)
+            .arg(&beta)
+            .arg(&scale)
+            .arg(&square);
+    })
+}
+
+/// AdamW's weight update in place (see `train/adamw_fused.rs`).
+pub fn adamw_update(
+    (theta, lt): (&mut CudaStorage, &Layout),
+    (m, lm): (&CudaStorage, &Layout),
+    (v, lv): (&CudaStorage, &Layout),
+    op: &crate::train::adamw_fused::Update,
+) -> Result<()> {
+    let dev = theta.device.clone();
+    let n = lt.shape().elem_count();
+    let (mut ts, ms, vs) = (f32_mut(theta, lt)?, f32_view(m, lm)?, f32_view(v, lv)?);
+    let n64 = n as i64;
+    let (decay, step) = (op.decay as f32, op.step as f32);
+    let (bias2_sqrt, eps) = (op.bias2_sqrt as f32, op.eps as f32);
+    kernel(&dev, "adamw_update")?.run(elementwise(n), |b| {
+        b.arg(&mut ts)
+            .arg(&ms)
+            .arg(&vs)
+            .arg(&n64)
+            .arg(&decay)
+            .arg(&step)
+            .arg(&bias2_sqrt)
+            .arg(&eps);
+    })
+}

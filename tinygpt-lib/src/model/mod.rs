@@ -13,7 +13,7 @@ pub mod fast_math;
 pub mod fused;
 pub mod fused_attention;
 #[cfg(feature = "cuda")]
-mod fused_cuda;
+pub(crate) mod fused_cuda;
 pub mod fused_norm;
 pub mod generate;
 pub mod gpt;

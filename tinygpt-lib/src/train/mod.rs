@@ -3,6 +3,7 @@
 //! on every worker ([`trainer`]), and the loop around it ([`run`]: evaluation, metrics,
 //! checkpoints, stopping) that the CLI and the notebooks share.
 
+pub mod adamw_fused;
 pub mod collective;
 pub mod optim;
 pub mod presets;
