@@ -263,6 +263,29 @@ fn fused_cuda_norms_and_bf16_cross_entropy_equal_the_composed_formulas() {
             }
         }
     }
+    // The bias add and its column-sum gradient against candle's broadcast add, f32 and bf16.
+    for (dtype, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
+        let x = Tensor::randn(0f32, 1.0, (2, 300, 700), &dev).unwrap();
+        let x = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 700, &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (2, 300, 700), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let a = tinygpt::model::fused::add_bias(&x, &b).unwrap();
+        let c = x.broadcast_add(&b.to_dtype(dtype).unwrap()).unwrap();
+        assert!(rel(&a, &c) < tol, "bias add {dtype:?}: {}", rel(&a, &c));
+        // d/dx = w; d/db = Σ_rows w (summed in f32 here; candle's bf16 sum would be coarser).
+        let g = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(max_abs_diff(g.get(&x).unwrap(), &w), 0.0);
+        let db = w.to_dtype(DType::F32).unwrap().sum((0, 1)).unwrap();
+        let ours = g.get(&b).unwrap();
+        assert!(
+            rel(ours, &db) < tol,
+            "bias gradient {dtype:?}: {}",
+            rel(ours, &db)
+        );
+    }
     // GELU against candle's gelu_erf, value and gradient, f32 and bf16.
     for (dtype, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
         let x = Tensor::randn(0f32, 2.0, (5, 1000), &dev).unwrap();

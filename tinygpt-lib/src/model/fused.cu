@@ -198,13 +198,39 @@ __device__ void norm_backward_w(const T* x, const T* dy, float* partial, int n, 
 }
 
 // out[j] = Σ_i partial[i, j] over `n` rows of `c`: one thread per column.
-extern "C" __global__ void sum_columns(const float* partial, float* out, int n, int c) {
+template <typename T>
+__device__ void sum_columns(const float* partial, T* out, int n, int c) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= c) return;
     float s = 0.0f;
     for (int i = 0; i < n; i++) s += partial[(long)i * c + j];
-    out[j] = s;
+    store(out, j, s);
 }
+extern "C" __global__ void sum_columns_f32(const float* p, float* out, int n, int c) { sum_columns(p, out, n, c); }
+extern "C" __global__ void sum_columns_bf16(const float* p, bf16* out, int n, int c) { sum_columns(p, out, n, c); }
+
+// The bias of a linear layer: y = x + b row by row, x (N, C), b (C); backward db = Σ_rows dy, in
+// two steps: blockIdx.y sums its strided set of rows into partial[blockIdx.y, :] (neighbouring
+// threads read neighbouring columns: coalesced), then sum_columns adds the partial sums.
+template <typename T>
+__device__ void add_bias(const T* x, const T* b, T* y, long n, int c) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        store(y, i, load(x, i) + load(b, i % c));
+}
+
+template <typename T>
+__device__ void column_partial_sums(const T* x, float* partial, int n, int c) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    float s = 0.0f;
+    for (long row = blockIdx.y; row < n; row += gridDim.y) s += load(x, row * c + j);
+    partial[(long)blockIdx.y * c + j] = s;
+}
+
+extern "C" __global__ void add_bias_f32(const float* x, const float* b, float* y, long n, int c) { add_bias(x, b, y, n, c); }
+extern "C" __global__ void add_bias_bf16(const bf16* x, const bf16* b, bf16* y, long n, int c) { add_bias(x, b, y, n, c); }
+extern "C" __global__ void column_partial_sums_f32(const float* x, float* p, int n, int c) { column_partial_sums(x, p, n, c); }
+extern "C" __global__ void column_partial_sums_bf16(const bf16* x, float* p, int n, int c) { column_partial_sums(x, p, n, c); }
 
 extern "C" __global__ void norm_forward_f32(const float* x, const float* w, float* y, int c, int rms, float eps) {
     norm_forward(x, w, y, c, rms, eps);

@@ -59,11 +59,12 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `x + bias` for `x` `(…, D)` and `bias` `(D)` on the CPU (f32 or f64); the bias gradient is a
-/// column sum done row-parallel (candle's reduction over the leading axes of a broadcast was a
-/// slow single pass, ~15 ms per `(2048, 1152)` gradient). Elsewhere an ordinary broadcast add.
+/// `x + bias` for `x` `(…, D)` and `bias` `(D)`; the bias gradient is a column sum done
+/// row-parallel (candle's reduction over the leading axes of a broadcast was a slow single pass
+/// on the CPU, ~15 ms per `(2048, 1152)` gradient, and strided on a GPU). Where the kernels do
+/// not run, an ordinary broadcast add.
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if available(x) {
         let bias = bias.to_dtype(x.dtype())?.contiguous()?;
         Ok(x.contiguous()?.apply_op2(&bias, AddBias)?)
     } else {
@@ -618,6 +619,17 @@ impl CustomOp2 for AddBias {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::add_bias(s1, l1, s2, l2)
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -667,5 +679,14 @@ impl CustomOp1 for ColumnSum {
             _ => candle_core::bail!("column sum: f32 or f64 only"),
         };
         Ok((out, Shape::from(self.0)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::column_sum(s, l, self.0)
     }
 }

@@ -392,7 +392,7 @@ pub fn norm_backward_w(
         shared_mem_bytes: 0,
     };
     let blocks32 = blocks as i32;
-    kernel(dev, "sum_columns")?.run(columns, |b| {
+    kernel(dev, "sum_columns_f32")?.run(columns, |b| {
         b.arg(&partial).arg(&dw).arg(&blocks32).arg(&c32);
     })?;
     Ok((storage(CudaStorageSlice::F32(dw), dev), Shape::from(c)))
@@ -532,4 +532,88 @@ pub fn adamw_update(
             .arg(&bias2_sqrt)
             .arg(&eps);
     })
+}
+
+/// `y = x + b` row by row: `x` `(N, C)`, `b` `(C)`, one dtype (f32 or bf16).
+pub fn add_bias(
+    x: &CudaStorage,
+    lx: &Layout,
+    b: &CudaStorage,
+    lb: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let c = *lx.dims().last().expect("a row axis");
+    let (xo, bo, dev) = (offsets(lx)?, offsets(lb)?, &x.device);
+    let n = xo.1 - xo.0;
+    let (n64, c32) = (n as i64, c as i32);
+    let slice = match (&x.slice, &b.slice) {
+        (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(bs)) => {
+            let (xs, bs) = (xs.slice(xo.0..xo.1), bs.slice(bo.0..bo.1));
+            // SAFETY: the kernel writes every element.
+            let y = unsafe { dev.alloc::<f32>(n)? };
+            kernel(dev, "add_bias_f32")?.run(elementwise(n), |a| {
+                a.arg(&xs).arg(&bs).arg(&y).arg(&n64).arg(&c32);
+            })?;
+            CudaStorageSlice::F32(y)
+        }
+        (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(bs)) => {
+            let (xs, bs) = (xs.slice(xo.0..xo.1), bs.slice(bo.0..bo.1));
+            // SAFETY: as above.
+            let y = unsafe { dev.alloc::<half::bf16>(n)? };
+            kernel(dev, "add_bias_bf16")?.run(elementwise(n), |a| {
+                a.arg(&xs).arg(&bs).arg(&y).arg(&n64).arg(&c32);
+            })?;
+            CudaStorageSlice::BF16(y)
+        }
+        _ => candle_core::bail!("bias add on CUDA: x and b of one dtype, f32 or bf16"),
+    };
+    Ok((storage(slice, dev), lx.shape().clone()))
+}
+
+/// `Σ_rows x` for `x` `(…, C)`: `(C)` in `x`'s dtype (f32 or bf16), summed in f32.
+pub fn column_sum(x: &CudaStorage, lx: &Layout, c: usize) -> Result<(CudaStorage, Shape)> {
+    let (xo, dev) = (offsets(lx)?, &x.device);
+    let n = (xo.1 - xo.0) / c;
+    let chunks = n.clamp(1, 128);
+    let column_blocks = c.div_ceil(THREADS as usize) as u32;
+    let config = LaunchConfig {
+        grid_dim: (column_blocks, chunks as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let columns = LaunchConfig {
+        grid_dim: (column_blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (n32, c32, chunks32) = (n as i32, c as i32, chunks as i32);
+    // SAFETY: the kernel writes all chunks·c partial sums.
+    let partial = unsafe { dev.alloc::<f32>(chunks * c)? };
+    let slice = match &x.slice {
+        CudaStorageSlice::F32(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            kernel(dev, "column_partial_sums_f32")?.run(config, |a| {
+                a.arg(&xs).arg(&partial).arg(&n32).arg(&c32);
+            })?;
+            // SAFETY: the kernel writes all c sums.
+            let out = unsafe { dev.alloc::<f32>(c)? };
+            kernel(dev, "sum_columns_f32")?.run(columns, |a| {
+                a.arg(&partial).arg(&out).arg(&chunks32).arg(&c32);
+            })?;
+            CudaStorageSlice::F32(out)
+        }
+        CudaStorageSlice::BF16(xs) => {
+            let xs = xs.slice(xo.0..xo.1);
+            kernel(dev, "column_partial_sums_bf16")?.run(config, |a| {
+                a.arg(&xs).arg(&partial).arg(&n32).arg(&c32);
+            })?;
+            // SAFETY: as above.
+            let out = unsafe { dev.alloc::<half::bf16>(c)? };
+            kernel(dev, "sum_columns_bf16")?.run(columns, |a| {
+                a.arg(&partial).arg(&out).arg(&chunks32).arg(&c32);
+            })?;
+            CudaStorageSlice::BF16(out)
+        }
+        _ => candle_core::bail!("column sum on CUDA: f32 or bf16"),
+    };
+    Ok((storage(slice, dev), Shape::from(c)))
 }
