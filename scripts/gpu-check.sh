@@ -67,7 +67,7 @@ RUN=$?
 if [[ -n "${GPU_CHECK_PROFILE:-}" ]]; then   # where tinygpt's step time goes, piece by piece
   echo "== tinygpt profile (ms per call, forward + backward)"
   timeout 180 "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 \
-    --steps 3 --warmup-steps 1 --peak-tflops "$PEAK" --profile 2>&1 | tee "$OUT/profile.txt" | tail -16
+    --steps 3 --warmup-steps 1 --peak-tflops "$PEAK" --profile 2>&1 | tee "$OUT/profile.txt" | tail -24
 fi
 
 if [[ -n "${GPU_CHECK_NSYS:-}" ]]; then   # the GPU kernels of a few steps, by total time (Nsight Systems)

@@ -164,7 +164,7 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
     use crate::model::params::{ParamBuilder, WeightSource};
     use crate::model::Gpt;
     use crate::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
-    use candle_core::{DType, Module, Var};
+    use candle_core::{Module, Var};
 
     let cfg = &o.config;
     let (b, t, c, dev, dt) = (
@@ -226,89 +226,76 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
         opt.step(model.params(), &grads, 1e-4, clip_factor(1.0, 1.0))
     })?;
 
-    let randn = |shape: &[usize]| -> crate::Result<Var> {
-        Ok(Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, dev)?)?)
+    // The model's building blocks alone at its shapes, inputs already in the compute dtype:
+    // forward only, then forward + backward (the backward's share is the difference). The
+    // backward starts from the gradient of a sum (all ones).
+    let var = |shape: &[usize]| -> crate::Result<Var> {
+        Ok(Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dt)?,
+        )?)
     };
-    let wte = randn(&[cfg.vocab_size, c])?;
-    time("embedding lookup + backward", &mut || {
-        wte.index_select(&x.flatten_all()?, 0)?
-            .sum_all()?
-            .backward()?;
-        Ok(())
+    let mut piece = |label: &str, f: &dyn Fn() -> crate::Result<Tensor>| -> crate::Result<()> {
+        time(&format!("{label}: forward"), &mut || f().map(|_| ()))?;
+        time(&format!("{label}: forward + backward"), &mut || {
+            f()?.sum_all()?.backward()?;
+            Ok(())
+        })
+    };
+    let flat_ids = x.flatten_all()?;
+    let wte = Var::from_tensor(&Tensor::randn(0f32, 1.0, (cfg.vocab_size, c), dev)?)?;
+    piece("embedding lookup (f32 table)", &|| {
+        Ok(wte.index_select(&flat_ids, 0)?.to_dtype(dt)?)
     })?;
-    let logits = randn(&[b * t, cfg.vocab_size])?;
-    time("cross-entropy + backward", &mut || {
-        crate::model::cross_entropy(&logits.to_dtype(dt)?, &batch.y.flatten_all()?)?.backward()?;
-        Ok(())
+    let logits = var(&[b * t, cfg.vocab_size])?;
+    let targets = batch.y.flatten_all()?;
+    piece("cross-entropy over the logits", &|| {
+        crate::model::cross_entropy(&logits, &targets)
     })?;
     let head = Linear {
         weight: wte.as_tensor().clone(),
         bias: None,
     };
-    let h = randn(&[b * t, c])?;
-    time("lm_head matmul + backward", &mut || {
-        head.forward(&h.to_dtype(dt)?)?.sum_all()?.backward()?;
-        Ok(())
-    })?;
+    let h = var(&[b * t, c])?;
+    piece(
+        "lm_head matmul (tied f32 weight)",
+        &|| Ok(head.forward(&h)?),
+    )?;
     let mut p = ParamBuilder::new(WeightSource::Init(crate::rng::Rng::new(1)), dev);
     let attn = Attention::new(&mut p, "attn", cfg, 0.02, 0.02)?;
     let mlp_fc = Linear::new(&mut p, "fc", c, cfg.mlp_hidden(), cfg.bias, 0.02)?;
     let ln = Norm::new(&mut p, "ln", cfg.norm, c, cfg.bias, cfg.norm_eps)?;
-    let xs = randn(&[b, t, c])?;
-    time("document mask (once per batch)", &mut || {
-        Mask::for_documents(&doc, dt)?;
-        Ok(())
-    })?;
+    let xs = var(&[b, t, c])?;
     let layer_mask = Mask::for_documents(&doc, dt)?;
-    time("attention layer + backward", &mut || {
-        attn.forward(&xs.to_dtype(dt)?, None, &layer_mask, None)?
-            .sum_all()?
-            .backward()?;
-        Ok(())
-    })?;
-    if let Mask::Documents(docs) = &layer_mask {
-        let qkv = randn(&[b, t, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim()])?;
-        time(
-            "  of which the fused attention kernel + backward",
-            &mut || {
-                let y = crate::model::fused_attention::attention(
-                    &qkv.to_dtype(dt)?,
-                    docs,
-                    cfg.n_head,
-                    cfg.n_kv_head,
-                )?;
-                y.sum_all()?.backward()?;
-                Ok(())
-            },
-        )?;
-    }
-    let mask = document_mask(&doc, dt)?;
-    let scores = randn(&[b, cfg.n_head, t, t])?;
-    time(
-        "  composed path: softmax(scores + mask) + backward",
-        &mut || {
-            let scores = scores.to_dtype(dt)?;
-            // The same choice as the attention layer: the fused kernel where there is one.
-            let att = if crate::model::fused::available(&scores) {
-                crate::model::fused::masked_softmax(&scores, &mask)?
-            } else {
-                softmax_last_dim(&scores.broadcast_add(&mask)?)?
-            };
-            att.sum_all()?.backward()?;
-            Ok(())
+    piece(
+        "document mask (once per batch, no backward)",
+        &|| match Mask::for_documents(&doc, dt)? {
+            Mask::Additive(mask) => Ok(mask.sum_all()?.detach()),
+            Mask::Documents(_) => Ok(Tensor::zeros((), dt, dev)?),
         },
     )?;
-    time("MLP c_fc matmul + GELU + backward", &mut || {
-        crate::model::fused::gelu(&mlp_fc.forward(&xs.to_dtype(dt)?)?)?
-            .sum_all()?
-            .backward()?;
-        Ok(())
+    piece("attention layer", &|| {
+        attn.forward(&xs, None, &layer_mask, None)
     })?;
-    time("norm + backward", &mut || {
-        ln.forward(&xs.to_dtype(dt)?)?.sum_all()?.backward()?;
-        Ok(())
+    if let Mask::Documents(docs) = &layer_mask {
+        let qkv = var(&[b, t, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim()])?;
+        piece("  of which the fused attention kernel", &|| {
+            crate::model::fused_attention::attention(&qkv, docs, cfg.n_head, cfg.n_kv_head)
+        })?;
+    }
+    let mask = document_mask(&doc, dt)?;
+    let scores = var(&[b, cfg.n_head, t, t])?;
+    piece("  softmax(scores + mask) of the composed path", &|| {
+        // The same choice as the attention layer: the fused kernel where there is one.
+        if crate::model::fused::available(&scores) {
+            crate::model::fused::masked_softmax(&scores, &mask)
+        } else {
+            softmax_last_dim(&scores.broadcast_add(&mask)?)
+        }
     })?;
-    let _ = DType::F32;
+    piece("MLP c_fc matmul + bias + GELU", &|| {
+        crate::model::fused::gelu(&mlp_fc.forward(&xs)?)
+    })?;
+    piece("norm", &|| Ok(ln.forward(&xs)?))?;
     Ok(rows)
 }
 
