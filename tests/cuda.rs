@@ -286,6 +286,18 @@ fn fused_cuda_norms_and_bf16_cross_entropy_equal_the_composed_formulas() {
             rel(ours, &db)
         );
     }
+    // Embedding lookup and its scatter-add backward against candle's index_select (repeated ids).
+    let table = Var::from_tensor(&Tensor::randn(0f32, 1.0, (97, 300), &dev).unwrap()).unwrap();
+    let ids: Vec<u32> = (0..1000u32).map(|i| (i * i + 7) % 97).collect();
+    let ids = Tensor::new(ids.as_slice(), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (1000, 300), &dev).unwrap();
+    let a = tinygpt::model::embedding::lookup(&table, &ids).unwrap();
+    let b = table.index_select(&ids, 0).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let (da, db) = (ga.get(&table).unwrap(), gb.get(&table).unwrap());
+    assert!(rel(da, db) < 1e-5, "embedding gradient: {}", rel(da, db));
     // GELU against candle's gelu_erf, value and gradient, f32 and bf16.
     for (dtype, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
         let x = Tensor::randn(0f32, 2.0, (5, 1000), &dev).unwrap();

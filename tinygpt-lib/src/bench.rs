@@ -244,7 +244,7 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
     let flat_ids = x.flatten_all()?;
     let wte = Var::from_tensor(&Tensor::randn(0f32, 1.0, (cfg.vocab_size, c), dev)?)?;
     piece("embedding lookup (f32 table)", &|| {
-        Ok(wte.index_select(&flat_ids, 0)?.to_dtype(dt)?)
+        Ok(crate::model::embedding::lookup(&wte, &flat_ids)?.to_dtype(dt)?)
     })?;
     let logits = var(&[b * t, cfg.vocab_size])?;
     let targets = batch.y.flatten_all()?;
@@ -260,6 +260,14 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
         "lm_head matmul (tied f32 weight)",
         &|| Ok(head.forward(&h)?),
     )?;
+    // The two matrix products of the lm_head's backward, alone (no gradient flows back).
+    let (dy, w) = (logits.as_tensor(), wte.as_tensor().to_dtype(dt)?);
+    piece("  its backward's dy @ W alone", &|| {
+        Ok(dy.matmul(&w)?.detach())
+    })?;
+    piece("  its backward's xᵀ @ dy alone", &|| {
+        Ok(h.as_tensor().t()?.matmul(dy)?.detach())
+    })?;
     let mut p = ParamBuilder::new(WeightSource::Init(crate::rng::Rng::new(1)), dev);
     let attn = Attention::new(&mut p, "attn", cfg, 0.02, 0.02)?;
     let mlp_fc = Linear::new(&mut p, "fc", c, cfg.mlp_hidden(), cfg.bias, 0.02)?;

@@ -290,3 +290,19 @@ extern "C" __global__ void adamw_update(float* theta, const float* m, const floa
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         theta[i] = theta[i] * decay - step * (m[i] / (sqrtf(v[i]) / bias2_sqrt + eps));
 }
+
+// Embedding (model/embedding.rs): out[i, :] = table[ids[i], :]; backward d_table[ids[i], :] += dy[i, :]
+// with one thread per (i, column) and an atomic add (f32). Ids outside the table write NaN / nothing.
+extern "C" __global__ void embedding_forward(const float* table, const unsigned int* ids, float* out, long n, int c, int rows) {
+    for (long k = (long)blockIdx.x * blockDim.x + threadIdx.x; k < n * c; k += (long)gridDim.x * blockDim.x) {
+        unsigned int id = ids[k / c];
+        out[k] = id < (unsigned int)rows ? table[(long)id * c + k % c] : __int_as_float(0x7fc00000);
+    }
+}
+
+extern "C" __global__ void embedding_backward(const unsigned int* ids, const float* dy, float* dtable, long n, int c, int rows) {
+    for (long k = (long)blockIdx.x * blockDim.x + threadIdx.x; k < n * c; k += (long)gridDim.x * blockDim.x) {
+        unsigned int id = ids[k / c];
+        if (id < (unsigned int)rows) atomicAdd(&dtable[(long)id * c + k % c], dy[k]);
+    }
+}

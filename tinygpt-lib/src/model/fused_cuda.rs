@@ -477,7 +477,7 @@ fn f32_mut<'a>(
     let o = offsets(l)?;
     match &mut s.slice {
         CudaStorageSlice::F32(x) => Ok(x.slice_mut(o.0..o.1)),
-        _ => candle_core::bail!("AdamW on CUDA: f32 weights and moments"),
+        _ => candle_core::bail!("fused kernel on CUDA: an f32 tensor expected"),
     }
 }
 
@@ -485,7 +485,7 @@ fn f32_view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
     let o = offsets(l)?;
     match &s.slice {
         CudaStorageSlice::F32(x) => Ok(x.slice(o.0..o.1)),
-        _ => candle_core::bail!("AdamW on CUDA: f32 gradients and moments"),
+        _ => candle_core::bail!("fused kernel on CUDA: an f32 tensor expected"),
     }
 }
 
@@ -616,4 +616,61 @@ pub fn column_sum(x: &CudaStorage, lx: &Layout, c: usize) -> Result<(CudaStorage
         _ => candle_core::bail!("column sum on CUDA: f32 or bf16"),
     };
     Ok((storage(slice, dev), Shape::from(c)))
+}
+
+fn ids_of<'a>(ids: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, u32>> {
+    let o = offsets(l)?;
+    match &ids.slice {
+        CudaStorageSlice::U32(x) => Ok(x.slice(o.0..o.1)),
+        _ => candle_core::bail!("embedding on CUDA: u32 ids"),
+    }
+}
+
+/// Rows `ids` `(N)` of an f32 `table` `(V, C)`: `(N, C)`.
+pub fn embedding_forward(
+    (table, lt): (&CudaStorage, &Layout),
+    (ids, li): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let (rows, c) = lt.shape().dims2()?;
+    let (ts, is, dev) = (f32_view(table, lt)?, ids_of(ids, li)?, &table.device);
+    let n = li.shape().elem_count();
+    let (n64, c32, rows32) = (n as i64, c as i32, rows as i32);
+    // SAFETY: the kernel writes all n·c numbers.
+    let out = unsafe { dev.alloc::<f32>(n * c)? };
+    kernel(dev, "embedding_forward")?.run(elementwise(n * c), |b| {
+        b.arg(&ts)
+            .arg(&is)
+            .arg(&out)
+            .arg(&n64)
+            .arg(&c32)
+            .arg(&rows32);
+    })?;
+    Ok((
+        storage(CudaStorageSlice::F32(out), dev),
+        Shape::from((n, c)),
+    ))
+}
+
+/// The table's gradient `(rows, C)` f32: `dy[i]` added into row `ids[i]`.
+pub fn embedding_backward(
+    (ids, li): (&CudaStorage, &Layout),
+    (dy, ld): (&CudaStorage, &Layout),
+    rows: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let (n, c) = ld.shape().dims2()?;
+    let (is, ds, dev) = (ids_of(ids, li)?, f32_view(dy, ld)?, &ids.device);
+    let (n64, c32, rows32) = (n as i64, c as i32, rows as i32);
+    let dtable = dev.alloc_zeros::<f32>(rows * c)?;
+    kernel(dev, "embedding_backward")?.run(elementwise(n * c), |b| {
+        b.arg(&is)
+            .arg(&ds)
+            .arg(&dtable)
+            .arg(&n64)
+            .arg(&c32)
+            .arg(&rows32);
+    })?;
+    Ok((
+        storage(CudaStorageSlice::F32(dtable), dev),
+        Shape::from((rows, c)),
+    ))
 }

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use super::attention::{causal_mask, LayerCache, Mask};
 use super::block::Block;
 use super::config::{GptConfig, Positions};
+use super::embedding;
 use super::linear::Linear;
 use super::norm::Norm;
 use super::params::{Init, ParamBuilder, Params, WeightSource};
@@ -205,14 +206,9 @@ impl Gpt {
     fn embed(&self, idx: &Tensor, pos: &Tensor) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
         let c = self.config.n_embd;
-        let mut x = self
-            .wte
-            .index_select(&idx.flatten_all()?, 0)?
-            .reshape((b, t, c))?;
+        let mut x = embedding::lookup(&self.wte, &idx.flatten_all()?)?.reshape((b, t, c))?;
         if let Some(wpe) = &self.wpe {
-            x = (x + wpe
-                .index_select(&pos.flatten_all()?, 0)?
-                .reshape((b, t, c))?)?;
+            x = (x + embedding::lookup(wpe, &pos.flatten_all()?)?.reshape((b, t, c))?)?;
         }
         Ok(x.to_dtype(self.compute_dtype)?)
     }

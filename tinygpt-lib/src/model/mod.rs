@@ -9,6 +9,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod embedding;
 pub mod fast_math;
 pub mod fused;
 pub mod fused_attention;
