@@ -8,6 +8,9 @@
 //! Grouped-query attention (GQA; Ainslie et al. 2023): `n_head` query heads but only `n_kv_head`
 //! key/value heads, each shared by a group of `g = n_head / n_kv_head` consecutive query heads.
 //! Fewer keys and values mean a smaller KV cache in generation (by the factor `g`).
+//!
+//! Written here with tensor operations (the reference, and the GPU path); training on the CPU
+//! runs the same computation as one kernel, [`super::fused_attention`], chosen by [`Mask`].
 
 use candle_core::{DType, Device, Module, Tensor, D};
 

@@ -648,23 +648,37 @@ struct ColumnSum(usize);
 
 impl ColumnSum {
     fn run<T: Real>(x: &[T], d: usize) -> Vec<T> {
-        x.par_chunks(d)
-            .with_min_len(64)
-            .fold(
-                || vec![T::zero(); d],
-                |mut acc, row| {
-                    acc.iter_mut().zip(row).for_each(|(a, &x)| *a += x);
-                    acc
-                },
-            )
-            .reduce(
-                || vec![T::zero(); d],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            )
+        sum_over_rows(x.len() / d, d, |row, acc| {
+            let row = &x[row * d..(row + 1) * d];
+            acc.iter_mut().zip(row).for_each(|(a, &x)| *a += x);
+        })
     }
+}
+
+/// `Σ_rows` of what `add_row(row, acc)` adds into a `(d)` accumulator, rows in parallel: each
+/// thread sums its rows into its own accumulator, then the accumulators are added.
+pub(super) fn sum_over_rows<T: Real>(
+    rows: usize,
+    d: usize,
+    add_row: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> Vec<T> {
+    (0..rows)
+        .into_par_iter()
+        .with_min_len(64)
+        .fold(
+            || vec![T::zero(); d],
+            |mut acc, row| {
+                add_row(row, &mut acc);
+                acc
+            },
+        )
+        .reduce(
+            || vec![T::zero(); d],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
 }
 
 impl CustomOp1 for ColumnSum {

@@ -21,7 +21,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{slice, Real};
+use super::fused::{slice, sum_over_rows, Real};
 use crate::Result;
 
 /// Whether [`norm`] runs on this tensor: f32 or f64 on the CPU, f32 or bf16 on a CUDA GPU
@@ -105,28 +105,15 @@ impl NormOp {
         dx
     }
 
-    /// `dw = Σ_rows dy ⊙ x̂`: each thread sums its rows, then the partial sums are added.
+    /// `dw = Σ_rows dy ⊙ x̂`.
     fn backward_w<T: Real>(&self, x: &[T], dy: &[T], c: usize) -> Vec<T> {
-        x.par_chunks(c)
-            .zip(dy.par_chunks(c))
-            .with_min_len(64)
-            .fold(
-                || vec![T::zero(); c],
-                |mut acc, (x, dy)| {
-                    let (mean, r) = self.stats(x);
-                    for ((s, &a), &d) in acc.iter_mut().zip(x).zip(dy) {
-                        *s += d * (a - mean) * r;
-                    }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![T::zero(); c],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            )
+        sum_over_rows(x.len() / c, c, |row, acc| {
+            let (x, dy) = (&x[row * c..(row + 1) * c], &dy[row * c..(row + 1) * c]);
+            let (mean, r) = self.stats(x);
+            for ((s, &a), &d) in acc.iter_mut().zip(x).zip(dy) {
+                *s += d * (a - mean) * r;
+            }
+        })
     }
 }
 
