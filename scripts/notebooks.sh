@@ -95,6 +95,9 @@ JSON
   # Cargo merges the config files of every folder above where it runs; evcxr writes its own
   # .cargo/config.toml inside the build folder, so ours goes one level up.
   cp "$ROOT/notebooks/cargo-config.toml" "$CACHE/evcxr-build/.cargo/config.toml"
+  # The notebooks build against the same patched candle-core as the workspace (vendor/candle-core).
+  printf '\n[patch.crates-io]\ncandle-core = { path = "%s" }\n' "$ROOT/vendor/candle-core" \
+    >>"$CACHE/evcxr-build/.cargo/config.toml"
   # Under `cargo test`, cargo's variables for the test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME …)
   # would reach evcxr's cargo, and build scripts that watch them would make it rebuild every
   # dependency whenever the notebooks run from the tests rather than from JupyterLab.
