@@ -1,5 +1,7 @@
-//! Fused CPU kernels, with their backward passes, for the two memory-bound hot spots of training:
-//! the attention softmax over `(B, nh, T, T)` scores and the cross-entropy over `(B·T, V)` logits.
+//! Fused kernels, with their backward passes, for the memory-bound element-wise work of training:
+//! the attention softmax over `(B, nh, T, T)` scores, the cross-entropy over `(B·T, V)` logits,
+//! GELU and the bias add. (The attention itself, the norms and the embedding have their own
+//! files: [`super::fused_attention`], [`super::fused_norm`], [`super::embedding`].)
 //!
 //! Written as chains of tensor operations (see [`super::attention::softmax_last_dim`] and
 //! [`super::gpt::cross_entropy_sum`]), each of them reads and writes the whole big tensor
@@ -11,6 +13,7 @@
 //!   `dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i` (0 for ignored targets).
 //! - GELU: `y = x·Φ(x)` with `Φ(x) = ½(1 + erf(x/√2))`; backward `dx = dy·(Φ(x) + x·φ(x))`,
 //!   `φ` the standard normal density — one pass each way instead of candle's dozen.
+//! - bias: `y = x + b` row by row; backward `dx = dy`, `db = Σ_rows dy` (row-parallel).
 //!
 //! They run on the CPU for f32 and f64, and on CUDA GPUs (`fused.cu`, see `fused_cuda.rs`) for
 //! f32 and bf16; elsewhere the callers use the composed formulas.

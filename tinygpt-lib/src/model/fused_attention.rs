@@ -121,45 +121,53 @@ struct DocumentAttention {
 ///
 /// The inner loops are all `y += a·x` over contiguous numbers, the form compilers turn into
 /// vector instructions: a score row `q · k_j` for all `j` at once is `Σ_d q[d] · kᵀ[d][j..]`,
-/// so the keys (and, for backward, the values) are also kept transposed, `(hd, T)`.
+/// so the keys (and, for backward, the values) are gathered transposed, `(hd, T)`. Rows of
+/// queries, keys and values are read where `c_attn` wrote them.
 struct Task<'a, T> {
     op: &'a DocumentAttention,
     qkv: &'a [T],
     b: usize,
     kh: usize,
-    /// This head's keys and values gathered, `(T, hd)`, and transposed, `(hd, T)`.
-    k: Vec<T>,
-    v: Vec<T>,
+    /// This head's keys transposed, `(hd, T)`, and its values transposed (backward only).
     kt: Vec<T>,
     vt: Vec<T>,
 }
 
 impl<'a, T: Real> Task<'a, T> {
-    fn new(op: &'a DocumentAttention, qkv: &'a [T], b: usize, kh: usize) -> Self {
-        let (t, hd) = (op.docs.time, op.hd);
+    fn new(op: &'a DocumentAttention, qkv: &'a [T], b: usize, kh: usize, backward: bool) -> Self {
         let mut task = Task {
             op,
             qkv,
             b,
             kh,
-            k: Vec::with_capacity(t * hd),
-            v: Vec::with_capacity(t * hd),
-            kt: vec![T::zero(); t * hd],
-            vt: vec![T::zero(); t * hd],
+            kt: vec![],
+            vt: vec![],
         };
-        for i in 0..t {
-            let (k, v) = (
-                task.head(i, op.n_head + kh),
-                task.head(i, op.n_head + op.n_kv_head + kh),
-            );
-            task.k.extend_from_slice(k);
-            task.v.extend_from_slice(v);
-            for d in 0..hd {
-                task.kt[d * t + i] = k[d];
-                task.vt[d * t + i] = v[d];
-            }
+        task.kt = task.transposed(task.key_slot());
+        if backward {
+            task.vt = task.transposed(task.value_slot());
         }
         task
+    }
+
+    fn key_slot(&self) -> usize {
+        self.op.n_head + self.kh
+    }
+
+    fn value_slot(&self) -> usize {
+        self.op.n_head + self.op.n_kv_head + self.kh
+    }
+
+    /// Head `slot` of every token, `(hd, T)`.
+    fn transposed(&self, slot: usize) -> Vec<T> {
+        let (t, hd) = (self.op.docs.time, self.op.hd);
+        let mut m = vec![T::zero(); t * hd];
+        for i in 0..t {
+            for (d, &x) in self.head(i, slot).iter().enumerate() {
+                m[d * t + i] = x;
+            }
+        }
+        m
     }
 
     /// Head `slot` (queries first, then keys, then values) of token `i`: `hd` numbers.
@@ -209,8 +217,8 @@ impl<'a, T: Real> Task<'a, T> {
                 let start = self.op.docs.start(self.b, i);
                 self.probabilities(self.head(i, h), start, i, &mut p);
                 let y_i = &mut y[(n * t + i) * hd..(n * t + i + 1) * hd];
-                for (v_j, &p_j) in self.v[start * hd..(i + 1) * hd].chunks_exact(hd).zip(&p) {
-                    axpy(y_i, p_j, v_j);
+                for (j, &p_j) in (start..=i).zip(&p) {
+                    axpy(y_i, p_j, self.head(j, self.value_slot()));
                 }
             }
         }
@@ -247,11 +255,8 @@ impl<'a, T: Real> Task<'a, T> {
                     *ds_j = p_j * (*ds_j - d) * scale;
                 }
                 let dq_i = &mut dq[(n * t + i) * hd..(n * t + i + 1) * hd];
-                for (k_j, &ds_j) in self.k[start * hd..(i + 1) * hd]
-                    .chunks_exact(hd)
-                    .zip(ds.iter())
-                {
-                    axpy(dq_i, ds_j, k_j);
+                for (j, &ds_j) in (start..=i).zip(ds.iter()) {
+                    axpy(dq_i, ds_j, self.head(j, self.key_slot()));
                 }
                 for d in 0..hd {
                     axpy(&mut dkt[d * t + start..=d * t + i], q[d], ds);
@@ -298,7 +303,7 @@ impl DocumentAttention {
         let parts: Vec<Vec<T>> = self
             .tasks()
             .into_par_iter()
-            .map(|(b, kh)| forward_task(&Task::new(self, qkv, b, kh)))
+            .map(|(b, kh)| forward_task(&Task::new(self, qkv, b, kh, false)))
             .collect();
         // Scatter (g, T, hd) per task into (B, T, nh·hd).
         let mut y = vec![T::zero(); self.docs.batch * t * nh * hd];
@@ -320,7 +325,7 @@ impl DocumentAttention {
         let parts: Vec<_> = self
             .tasks()
             .into_par_iter()
-            .map(|(b, kh)| backward_task(&Task::new(self, qkv, b, kh), dy))
+            .map(|(b, kh)| backward_task(&Task::new(self, qkv, b, kh, true), dy))
             .collect();
         let mut dqkv = vec![T::zero(); qkv.len()];
         for ((b, kh), (dq, dk, dv)) in self.tasks().into_iter().zip(parts) {

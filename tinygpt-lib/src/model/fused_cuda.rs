@@ -1,5 +1,8 @@
-//! The CUDA side of [`super::fused`]: the kernels of `fused.cu`, compiled by NVRTC the first
-//! time one is needed (once per process), launched one thread block per row.
+//! The CUDA side of the fused kernels ([`super::fused`], [`super::fused_norm`],
+//! [`super::embedding`], `train/adamw_fused.rs`): the kernels of `fused.cu`, compiled by NVRTC
+//! the first time one is needed (once per process). Row-wise kernels (softmax, cross-entropy,
+//! norms) run one thread block per row; element-wise ones stride over the elements.
+//! Each function picks the `_f32` or `_bf16` kernel by the inputs' dtype.
 
 use std::sync::OnceLock;
 

@@ -2,7 +2,10 @@
 //! [`config`] (the numbers) → [`gpt`] (embeddings, blocks, head, loss) → [`block`] →
 //! [`attention`] (+ [`rope`]) and [`mlp`] → [`norm`], [`linear`]. [`params`] holds the weights
 //! by name; [`generate`] samples text; [`checkpoint`], [`hf`] and [`llama2c`] move weights in
-//! and out; [`summary`] prints the parameter table.
+//! and out; [`summary`] prints the parameter table. For speed, the hot spots also run as fused
+//! kernels with hand-written backward passes, each tested against the formulas above:
+//! [`fused`] (softmax, cross-entropy, GELU, bias), [`fused_attention`], [`fused_norm`],
+//! [`embedding`], with [`fast_math`] for `exp`/`erf` and `fused.cu` for CUDA GPUs.
 
 pub mod attention;
 pub mod block;
