@@ -929,3 +929,41 @@ fn fused_cpu_attention_and_norms_equal_the_composed_formulas_in_value_and_gradie
     let s = 1.5f64.sqrt();
     assert!(close(&y, &[-s, 0.0, s]), "{y:?}");
 }
+
+/// The embedding table's gradient, hand-computed: each row receives the sum of the gradients of
+/// the positions that looked it up. The backward of `sum_all` is a *broadcast* tensor of ones
+/// (not contiguous): the patched backward in vendor/candle-core must still hand `index_add` a
+/// contiguous gradient (it once stored the broadcast as it was, and this failed).
+#[test]
+fn embedding_gradient_counts_the_lookups_of_each_row() {
+    let dev = Device::Cpu;
+    let table = Var::from_tensor(&Tensor::zeros((5, 3), DType::F32, &dev).unwrap()).unwrap();
+    let ids = Tensor::new(&[1u32, 3, 1, 0], &dev).unwrap();
+    let rows = model::embedding::lookup(&table, &ids).unwrap();
+    let grads = rows.sum_all().unwrap().backward().unwrap();
+    let g: Vec<Vec<f32>> = grads.get(&table).unwrap().to_vec2().unwrap();
+    let expected = [[1.0; 3], [2.0; 3], [0.0; 3], [1.0; 3], [0.0; 3]];
+    assert_eq!(g, expected.map(|r| r.to_vec()).to_vec());
+
+    // A gradient that differs per position and column: row 1 gets positions 0 and 2.
+    let weights = Tensor::new(
+        &[[1f32, 2., 3.], [4., 5., 6.], [7., 8., 9.], [10., 11., 12.]],
+        &dev,
+    )
+    .unwrap();
+    let grads = (rows * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g: Vec<Vec<f32>> = grads.get(&table).unwrap().to_vec2().unwrap();
+    let expected = [
+        [10f32, 11., 12.],
+        [8., 10., 12.],
+        [0.; 3],
+        [4., 5., 6.],
+        [0.; 3],
+    ];
+    assert_eq!(g, expected.map(|r| r.to_vec()).to_vec());
+}

@@ -730,7 +730,10 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.clone());
+                // Stored as it is, but contiguous: some backward ops (index_add) need that, and
+                // a broadcast gradient (the backward of `sum_all`) is not. Upstream's zeros + grad
+                // always produced a contiguous tensor.
+                entry.insert(grad.contiguous()?);
             }
         }
         Ok(())
