@@ -75,22 +75,32 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The kernels compiled twice: as usual, and with AVX2 enabled (8 floats per instruction
-/// instead of SSE's 4), picked at run time. The kernels are `#[inline(always)]`, so their code
-/// lands inside these functions and is compiled with the wider instructions.
+/// The kernels compiled three times: as usual (SSE2, 4 floats per instruction), with AVX2
+/// (8) and with AVX-512 (16), the widest the CPU has picked at run time. The kernels are
+/// `#[inline(always)]`, so their code lands inside these functions and is compiled with the
+/// wider instructions.
 macro_rules! vectorized {
-    ($name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $body:expr) => {
+    ($name:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $body:expr) => {
         fn $name<T: Real>($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { $avx2($($arg),*) };
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512<T: Real>($($arg: $ty),*) -> $ret {
+                    $body
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2<T: Real>($($arg: $ty),*) -> $ret {
+                    $body
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512 (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
             }
-            $body
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        fn $avx2<T: Real>($($arg: $ty),*) -> $ret {
             $body
         }
     };
@@ -208,7 +218,7 @@ fn sum_of<T: Real>(x: &[T], f: impl Fn(T) -> T) -> T {
     acc.iter().fold(tail, |s, &a| s + a)
 }
 
-vectorized!(softmax_row, softmax_row_avx2, (out: &mut [T], x: &[T], mask: &[T]) -> (), softmax_row_scalar(out, x, mask));
+vectorized!(softmax_row, (out: &mut [T], x: &[T], mask: &[T]) -> (), softmax_row_scalar(out, x, mask));
 
 struct MaskedSoftmax;
 
@@ -361,7 +371,7 @@ fn cross_entropy_row_scalar<T: Real>(x: &[T], t: usize) -> T {
     let sum = sum_of(x, |a| (a - max).exp());
     sum.ln() + max - x[t]
 }
-vectorized!(cross_entropy_row, cross_entropy_row_avx2, (x: &[T], t: usize) -> T, cross_entropy_row_scalar(x, t));
+vectorized!(cross_entropy_row, (x: &[T], t: usize) -> T, cross_entropy_row_scalar(x, t));
 
 impl CustomOp2 for CrossEntropy {
     fn name(&self) -> &'static str {
@@ -505,7 +515,7 @@ fn gelu_chunk_scalar<T: Real>(x: &[T], y: &mut [T]) {
         *y = a * normal(a).0;
     }
 }
-vectorized!(gelu_chunk, gelu_chunk_avx2, (x: &[T], y: &mut [T]) -> (), gelu_chunk_scalar(x, y));
+vectorized!(gelu_chunk, (x: &[T], y: &mut [T]) -> (), gelu_chunk_scalar(x, y));
 
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
@@ -555,7 +565,7 @@ fn gelu_backward_chunk_scalar<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
         *d = g * (cdf + a * pdf);
     }
 }
-vectorized!(gelu_backward_chunk, gelu_backward_chunk_avx2, (x: &[T], dy: &[T], dx: &mut [T]) -> (), gelu_backward_chunk_scalar(x, dy, dx));
+vectorized!(gelu_backward_chunk, (x: &[T], dy: &[T], dx: &mut [T]) -> (), gelu_backward_chunk_scalar(x, dy, dx));
 
 impl CustomOp2 for GeluBackward {
     fn name(&self) -> &'static str {
