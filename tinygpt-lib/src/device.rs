@@ -93,7 +93,9 @@ pub fn tune_cpu() {
 /// Asks glibc's allocator to keep freed blocks for reuse instead of handing them back to the
 /// kernel. Every candle operation allocates its output; blocks of a few MB (a training step's
 /// activations) would otherwise be mapped, zeroed page by page by the kernel and unmapped again
-/// at every step.
+/// at every step. Blocks of any size come from the heap (no `mmap` at all): the logits and
+/// their gradient, `(B·T, vocab)`, are larger than the largest mmap threshold glibc accepts
+/// (32 MB), and took thousands of page faults each.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -102,9 +104,11 @@ fn keep_freed_memory() {
         }
         const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
         const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-        // SAFETY: mallopt only changes two tuning parameters of the allocator.
+        const M_MMAP_MAX: std::ffi::c_int = -4;
+        // SAFETY: mallopt only changes tuning parameters of the allocator.
         unsafe {
             mallopt(M_MMAP_THRESHOLD, 32 << 20); // glibc's largest
+            mallopt(M_MMAP_MAX, 0); // and above it, the heap too
             mallopt(M_TRIM_THRESHOLD, 1 << 30);
         }
     }

@@ -206,13 +206,31 @@ fn max_of<T: Real>(x: &[T]) -> T {
 
 /// `Σ f(x_i)`, in eight lanes.
 #[inline(always)]
-fn sum_of<T: Real>(x: &[T], f: impl Fn(T) -> T) -> T {
+pub(super) fn sum_of<T: Real>(x: &[T], f: impl Fn(T) -> T) -> T {
     let mut acc = [T::zero(); 8];
     let chunks = x.chunks_exact(8);
     let tail = chunks.remainder().iter().fold(T::zero(), |s, &a| s + f(a));
     for c in chunks {
         for k in 0..8 {
             acc[k] += f(c[k]);
+        }
+    }
+    acc.iter().fold(tail, |s, &a| s + a)
+}
+
+/// `Σ a_i b_i`, in eight lanes.
+#[inline(always)]
+pub(super) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 8];
+    let (chunks_a, chunks_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = (chunks_a.remainder().iter())
+        .zip(chunks_b.remainder())
+        .fold(T::zero(), |s, (&x, &y)| s + x * y);
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
         }
     }
     acc.iter().fold(tail, |s, &a| s + a)
@@ -430,20 +448,29 @@ struct CrossEntropyBackward;
 impl CrossEntropyBackward {
     fn run<T: Real>(x: &[T], targets: &[u32], dloss: &[T], v: usize) -> Vec<T> {
         let mut dx = vec![T::zero(); x.len()];
-        let no_mask = vec![T::zero(); v];
         dx.par_chunks_mut(v).enumerate().for_each(|(row, d)| {
             let t = targets[row];
-            if t == IGNORE_INDEX {
-                return;
+            if t != IGNORE_INDEX {
+                let x = &x[row * v..(row + 1) * v];
+                cross_entropy_backward_row(x, t as usize, dloss[row], d);
             }
-            softmax_row(d, &x[row * v..(row + 1) * v], &no_mask);
-            d[t as usize] -= T::one();
-            let g = dloss[row];
-            d.iter_mut().for_each(|a| *a *= g);
         });
         dx
     }
 }
+
+/// `d = (softmax(x) − onehot(t)) · g` for one row, in three passes over it.
+#[inline(always)]
+fn cross_entropy_backward_row_scalar<T: Real>(x: &[T], t: usize, g: T, d: &mut [T]) {
+    let max = max_of(x);
+    for (d, &a) in d.iter_mut().zip(x) {
+        *d = (a - max).exp();
+    }
+    let scale = g / sum_of(d, |a| a);
+    d.iter_mut().for_each(|a| *a *= scale);
+    d[t] -= g;
+}
+vectorized!(cross_entropy_backward_row, (x: &[T], t: usize, g: T, d: &mut [T]) -> (), cross_entropy_backward_row_scalar(x, t, g, d));
 
 impl CustomOp3 for CrossEntropyBackward {
     fn name(&self) -> &'static str {

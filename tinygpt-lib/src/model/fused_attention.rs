@@ -38,7 +38,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{slice, softmax_in_place, vectorized, Real};
+use super::fused::{dot, slice, softmax_in_place, vectorized, Real};
 use crate::Result;
 
 /// Whether the fused attention runs for this device and compute dtype: f32 or f64 on the CPU.
@@ -348,7 +348,7 @@ impl<'a, T: Real> Task<'a, T> {
                 scores(&dy, &self.vt, cols, tile.start, width, &mut ds);
                 for r in 0..R {
                     let (p, ds) = (&p[r * cols..][..width], &mut ds[r * cols..][..width]);
-                    let d = sum_of_products(p, ds);
+                    let d = dot(p, ds);
                     for (ds_j, &p_j) in ds.iter_mut().zip(p) {
                         *ds_j = p_j * (*ds_j - d) * scale;
                     }
@@ -448,12 +448,6 @@ fn accumulate<T: Real>(
             *out = acc;
         }
     }
-}
-
-/// `Σ a_i b_i`.
-#[inline(always)]
-fn sum_of_products<T: Real>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).fold(T::zero(), |s, (&a, &b)| s + a * b)
 }
 
 /// The first `n` columns of `m` `(rows, cols)`, transposed: `(n, rows)`.

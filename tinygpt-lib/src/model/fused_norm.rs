@@ -21,7 +21,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{slice, sum_over_rows, Real};
+use super::fused::{dot, slice, sum_of, sum_over_rows, vectorized, Real};
 use crate::Result;
 
 /// Whether [`norm`] runs on this tensor: f32 or f64 on the CPU, f32 or bf16 on a CUDA GPU
@@ -50,72 +50,102 @@ struct NormOp {
 }
 
 impl NormOp {
-    /// The mean (0 for RMSNorm) and `r` of one row.
-    fn stats<T: Real>(&self, x: &[T]) -> (T, T) {
-        let n = T::from_f64(x.len() as f64);
-        let mean = if self.rms {
-            T::zero()
-        } else {
-            x.iter().fold(T::zero(), |s, &a| s + a) / n
-        };
-        let var = x
-            .iter()
-            .fold(T::zero(), |s, &a| s + (a - mean) * (a - mean))
-            / n;
-        (mean, T::one() / (var + T::from_f64(self.eps)).sqrt())
-    }
-
     fn forward<T: Real>(&self, x: &[T], w: &[T]) -> Vec<T> {
         let c = w.len();
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(c)
             .zip(x.par_chunks(c))
             .with_min_len(16)
-            .for_each(|(y, x)| {
-                let (mean, r) = self.stats(x);
-                for ((y, &a), &w) in y.iter_mut().zip(x).zip(w) {
-                    *y = (a - mean) * r * w;
-                }
-            });
+            .for_each(|(y, x)| forward_row(self, x, w, y));
         y
     }
 
-    /// `dx`, row by row.
     fn backward_x<T: Real>(&self, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
         let c = w.len();
-        let n = T::from_f64(c as f64);
         let mut dx = vec![T::zero(); x.len()];
         dx.par_chunks_mut(c)
             .zip(x.par_chunks(c).zip(dy.par_chunks(c)))
             .with_min_len(16)
-            .for_each(|(dx, (x, dy))| {
-                let (mean, r) = self.stats(x);
-                let (mut mean_g, mut mean_gx) = (T::zero(), T::zero());
-                for ((&a, &d), &w) in x.iter().zip(dy).zip(w) {
-                    let g = d * w;
-                    mean_g += g;
-                    mean_gx += g * (a - mean) * r;
-                }
-                mean_g = if self.rms { T::zero() } else { mean_g / n };
-                mean_gx /= n;
-                for (((dx, &a), &d), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
-                    *dx = r * (d * w - mean_g - (a - mean) * r * mean_gx);
-                }
-            });
+            .for_each_init(
+                || vec![T::zero(); 2 * c],
+                |scratch, (dx, (x, dy))| backward_x_row(self, x, w, dy, dx, scratch),
+            );
         dx
     }
 
-    /// `dw = Σ_rows dy ⊙ x̂`.
     fn backward_w<T: Real>(&self, x: &[T], dy: &[T], c: usize) -> Vec<T> {
         sum_over_rows(x.len() / c, c, |row, acc| {
             let (x, dy) = (&x[row * c..(row + 1) * c], &dy[row * c..(row + 1) * c]);
-            let (mean, r) = self.stats(x);
-            for ((s, &a), &d) in acc.iter_mut().zip(x).zip(dy) {
-                *s += d * (a - mean) * r;
-            }
+            backward_w_row(self, x, dy, acc)
         })
     }
 }
+
+/// The row's `(μ, r)` (`μ = 0` for RMSNorm). Sums in eight lanes, so that they vectorize.
+#[inline(always)]
+fn stats<T: Real>(op: &NormOp, x: &[T]) -> (T, T) {
+    let n = T::from_f64(x.len() as f64);
+    let mean = if op.rms {
+        T::zero()
+    } else {
+        sum_of(x, |a| a) / n
+    };
+    let var = sum_of(x, |a| (a - mean) * (a - mean)) / n;
+    (mean, T::one() / (var + T::from_f64(op.eps)).sqrt())
+}
+
+/// `y = x̂ ⊙ w` for one row.
+#[inline(always)]
+fn forward_row_scalar<T: Real>(op: &NormOp, x: &[T], w: &[T], y: &mut [T]) {
+    let (mean, r) = stats(op, x);
+    for ((y, &a), &w) in y.iter_mut().zip(x).zip(w) {
+        *y = (a - mean) * r * w;
+    }
+}
+
+/// `dx = r·(g − mean(g) − x̂·mean(g ⊙ x̂))` for one row; `scratch` holds `2·C` numbers.
+#[inline(always)]
+fn backward_x_row_scalar<T: Real>(
+    op: &NormOp,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    scratch: &mut [T],
+) {
+    let c = x.len();
+    let n = T::from_f64(c as f64);
+    let (mean, r) = stats(op, x);
+    let (g, x_hat) = scratch.split_at_mut(c);
+    for ((g, &d), &w) in g.iter_mut().zip(dy).zip(w) {
+        *g = d * w;
+    }
+    for (h, &a) in x_hat.iter_mut().zip(x) {
+        *h = (a - mean) * r;
+    }
+    let mean_g = if op.rms {
+        T::zero()
+    } else {
+        sum_of(g, |a| a) / n
+    };
+    let mean_gx = dot(g, x_hat) / n;
+    for ((dx, &g), &h) in dx.iter_mut().zip(g.iter()).zip(x_hat.iter()) {
+        *dx = r * (g - mean_g - h * mean_gx);
+    }
+}
+
+/// `acc += dy ⊙ x̂` for one row.
+#[inline(always)]
+fn backward_w_row_scalar<T: Real>(op: &NormOp, x: &[T], dy: &[T], acc: &mut [T]) {
+    let (mean, r) = stats(op, x);
+    for ((s, &a), &d) in acc.iter_mut().zip(x).zip(dy) {
+        *s += d * (a - mean) * r;
+    }
+}
+
+vectorized!(forward_row, (op: &NormOp, x: &[T], w: &[T], y: &mut [T]) -> (), forward_row_scalar(op, x, w, y));
+vectorized!(backward_x_row, (op: &NormOp, x: &[T], w: &[T], dy: &[T], dx: &mut [T], scratch: &mut [T]) -> (), backward_x_row_scalar(op, x, w, dy, dx, scratch));
+vectorized!(backward_w_row, (op: &NormOp, x: &[T], dy: &[T], acc: &mut [T]) -> (), backward_w_row_scalar(op, x, dy, acc));
 
 impl CustomOp2 for NormOp {
     fn name(&self) -> &'static str {
