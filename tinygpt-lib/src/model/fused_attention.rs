@@ -266,21 +266,24 @@ impl<'a, T: Real> Task<'a, T> {
         tiles
     }
 
-    /// The `R` rows of a tile read from `rows(i)`; rows past the tile are `zeros`.
-    fn tile_rows<'b>(tile: Tile, zeros: &'b [T], rows: impl Fn(usize) -> &'b [T]) -> [&'b [T]; R] {
-        std::array::from_fn(|r| {
+    /// The `R` rows of a tile, `rows(i)` for its tokens and zeros past them, side by side in
+    /// `out` `(R, hd)`.
+    #[inline(always)]
+    fn gather<'b>(tile: Tile, rows: impl Fn(usize) -> &'b [T], out: &mut [T]) {
+        let hd = out.len() / R;
+        for (r, out) in out.chunks_exact_mut(hd).enumerate() {
             if r < tile.rows {
-                rows(tile.i0 + r)
+                out.copy_from_slice(rows(tile.i0 + r));
             } else {
-                zeros
+                out.fill(T::zero());
             }
-        })
+        }
     }
 
     /// The tile's probabilities into `p` `(R, cols)`: row `r` holds `softmax(q_r · k_j / √hd)`
     /// for the keys it sees and zeros in the rest of the tile's width.
     #[inline(always)]
-    fn probabilities(&self, tile: Tile, q: &[&[T]; R], p: &mut [T]) {
+    fn probabilities(&self, tile: Tile, q: &[T], p: &mut [T]) {
         let scale = T::from_f64(1.0 / (self.op.hd as f64).sqrt());
         let width = tile.width();
         scores(q, &self.kt, self.cols, tile.start, width, p);
@@ -299,10 +302,10 @@ impl<'a, T: Real> Task<'a, T> {
         let heads = self.query_heads();
         let mut y = vec![T::zero(); heads.len() * t * hd];
         let (mut p, mut y_tile) = (vec![T::zero(); R * cols], vec![T::zero(); R * hdp]);
-        let zeros = vec![T::zero(); hd];
+        let mut q = vec![T::zero(); R * hd];
         for (n, h) in heads.enumerate() {
             for tile in self.tiles() {
-                let q = Self::tile_rows(tile, &zeros, |i| self.head(i, h));
+                Self::gather(tile, |i| self.head(i, h), &mut q);
                 self.probabilities(tile, &q, &mut p);
                 mix(
                     &p,
@@ -334,18 +337,19 @@ impl<'a, T: Real> Task<'a, T> {
         let (mut dkt, mut dvt) = (vec![T::zero(); hd * cols], vec![T::zero(); hd * cols]);
         let (mut p, mut ds) = (vec![T::zero(); R * cols], vec![T::zero(); R * cols]);
         let mut dq_tile = vec![T::zero(); R * hdp];
-        let zeros = vec![T::zero(); hd];
+        let (mut q, mut dy_tile) = (vec![T::zero(); R * hd], vec![T::zero(); R * hd]);
         for (n, h) in heads.enumerate() {
             for tile in self.tiles() {
                 let width = tile.width();
-                let q = Self::tile_rows(tile, &zeros, |i| self.head(i, h));
-                let dy = Self::tile_rows(tile, &zeros, |i| {
+                Self::gather(tile, |i| self.head(i, h), &mut q);
+                let dy_row = |i| {
                     let at = ((self.b * t + i) * op.n_head + h) * hd;
                     &dy[at..at + hd]
-                });
+                };
+                Self::gather(tile, dy_row, &mut dy_tile);
                 self.probabilities(tile, &q, &mut p);
                 // dp_j = dy_i · v_j, then ds_j = p_j (dp_j − Σ p·dp) / √hd (0 where p is).
-                scores(&dy, &self.vt, cols, tile.start, width, &mut ds);
+                scores(&dy_tile, &self.vt, cols, tile.start, width, &mut ds);
                 for r in 0..R {
                     let (p, ds) = (&p[r * cols..][..width], &mut ds[r * cols..][..width]);
                     let d = dot(p, ds);
@@ -359,7 +363,7 @@ impl<'a, T: Real> Task<'a, T> {
                     dq[at..at + hd].copy_from_slice(&dq_tile[r * hdp..r * hdp + hd]);
                 }
                 accumulate(&mut dkt, cols, tile.start, width, &q, &ds);
-                accumulate(&mut dvt, cols, tile.start, width, &dy, &p);
+                accumulate(&mut dvt, cols, tile.start, width, &dy_tile, &p);
             }
         }
         (
@@ -370,20 +374,20 @@ impl<'a, T: Real> Task<'a, T> {
     }
 }
 
-/// `out[r][c] = Σ_d a_r[d] · mt[d][col0 + c]` for `c < width` (a multiple of `L`): `R` rows
-/// against the columns `col0..col0 + width` of a transposed matrix `mt` `(hd, cols)`. `out` is
-/// `(R, cols)`.
+/// `out[r][c] = Σ_d a[r][d] · mt[d][col0 + c]` for `c < width` (a multiple of `L`): the `R`
+/// rows of `a` `(R, hd)` against the columns `col0..col0 + width` of a transposed matrix `mt`
+/// `(hd, cols)`. `out` is `(R, cols)`.
 #[inline(always)]
-fn scores<T: Real>(a: &[&[T]; R], mt: &[T], cols: usize, col0: usize, width: usize, out: &mut [T]) {
-    let hd = a[0].len();
-    let a: [&[T]; R] = a.map(|a| &a[..hd]);
+fn scores<T: Real>(a: &[T], mt: &[T], cols: usize, col0: usize, width: usize, out: &mut [T]) {
+    let hd = a.len() / R;
     for c in (0..width).step_by(L) {
         let mut acc = [[T::zero(); L]; R];
         for d in 0..hd {
             let m: &[T; L] = mt[d * cols + col0 + c..][..L].try_into().unwrap();
             for r in 0..R {
+                let a_rd = a[r * hd + d];
                 for l in 0..L {
-                    acc[r][l] += a[r][d] * m[l];
+                    acc[r][l] = a_rd.mul_add(m[l], acc[r][l]);
                 }
             }
         }
@@ -412,7 +416,7 @@ fn mix<T: Real>(
             for r in 0..R {
                 let w_rc = w[r * cols + c];
                 for l in 0..L {
-                    acc[r][l] += w_rc * row[l];
+                    acc[r][l] = w_rc.mul_add(row[l], acc[r][l]);
                 }
             }
         }
@@ -422,27 +426,20 @@ fn mix<T: Real>(
     }
 }
 
-/// `mt[d][col0 + c] += Σ_r a_r[d] · w[r][c]` for `c < width`: the `R` rank-one updates of a
-/// transposed gradient `mt` `(hd, cols)` by a tile, `w` `(R, cols)`.
+/// `mt[d][col0 + c] += Σ_r a[r][d] · w[r][c]` for `c < width`: the `R` rank-one updates of a
+/// transposed gradient `mt` `(hd, cols)` by a tile, `a` `(R, hd)`, `w` `(R, cols)`.
 #[inline(always)]
-fn accumulate<T: Real>(
-    mt: &mut [T],
-    cols: usize,
-    col0: usize,
-    width: usize,
-    a: &[&[T]; R],
-    w: &[T],
-) {
-    let hd = a[0].len();
-    let a: [&[T]; R] = a.map(|a| &a[..hd]);
+fn accumulate<T: Real>(mt: &mut [T], cols: usize, col0: usize, width: usize, a: &[T], w: &[T]) {
+    let hd = a.len() / R;
     for c in (0..width).step_by(L) {
         let w: [[T; L]; R] = std::array::from_fn(|r| w[r * cols + c..][..L].try_into().unwrap());
         for d in 0..hd {
             let out: &mut [T; L] = (&mut mt[d * cols + col0 + c..][..L]).try_into().unwrap();
             let mut acc = *out;
             for r in 0..R {
+                let a_rd = a[r * hd + d];
                 for l in 0..L {
-                    acc[l] += a[r][d] * w[r][l];
+                    acc[l] = a_rd.mul_add(w[r][l], acc[l]);
                 }
             }
             *out = acc;
