@@ -237,7 +237,10 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
     let mut piece = |label: &str, f: &dyn Fn() -> crate::Result<Tensor>| -> crate::Result<()> {
         time(&format!("{label}: forward"), &mut || f().map(|_| ()))?;
         time(&format!("{label}: forward + backward"), &mut || {
-            f()?.sum_all()?.backward()?;
+            // candle's `backward` of a tensor starts from a (contiguous) tensor of ones: the
+            // gradient of its sum, as a loss would give it. (`sum_all()?.backward()` would
+            // start from a broadcast scalar, and copying that into a dense gradient is slow.)
+            f()?.backward()?;
             Ok(())
         })
     };
@@ -302,6 +305,11 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
     })?;
     piece("MLP c_fc matmul + bias + GELU", &|| {
         crate::model::fused::gelu(&mlp_fc.forward(&xs)?)
+    })?;
+    piece("  of which the matmul + bias", &|| Ok(mlp_fc.forward(&xs)?))?;
+    let hidden = var(&[b, t, cfg.mlp_hidden()])?;
+    piece("  of which the GELU", &|| {
+        crate::model::fused::gelu(&hidden)
     })?;
     piece("norm", &|| Ok(ln.forward(&xs)?))?;
     Ok(rows)
