@@ -470,7 +470,8 @@ impl CrossEntropyBackward {
     }
 }
 
-/// `d = (softmax(x) − onehot(t)) · g` for one row, in three passes over it.
+/// `d = (softmax(x) − onehot(t)) · g` for one row, in four passes over it (max, exp, sum,
+/// scale; the softmax and the one-hot used to take six).
 #[inline(always)]
 fn cross_entropy_backward_row_scalar<T: Real>(x: &[T], t: usize, g: T, d: &mut [T]) {
     let max = max_of(x);

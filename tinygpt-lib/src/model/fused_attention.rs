@@ -28,8 +28,8 @@
 //! The kernel reads queries, keys and values straight from `c_attn`'s output `(B, T, (nh +
 //! 2·nkv)·hd)` and writes `(B, T, nh·hd)`, the layout `c_proj` wants: no transposes of the
 //! big tensors. The sums run four queries at a time, like a matrix product's inner kernel,
-//! so that each key and value loaded serves four queries (see [`Task`]): 3× faster than one
-//! query at a time on the 2-core CPU, where this kernel was a quarter of a training step.
+//! so that each key and value loaded serves four queries (see [`Task`]): about twice as fast
+//! as one query at a time on the 2-core CPU (from a quarter of a training step to a seventh).
 //! Tests check it against the composed attention in value and gradient, and by finite
 //! differences through the whole model.
 
