@@ -11,6 +11,7 @@ use candle_core::DType;
 use rayon::prelude::*;
 
 use super::config::{GptConfig, Mlp, Norm, Positions};
+use super::fused::{dot, vectorized, Real};
 use super::gpt::Gpt;
 use crate::{Error, Result};
 
@@ -158,7 +159,7 @@ impl CpuDecoder {
                 let q = &qkv[head * hd..(head + 1) * hd];
                 let kv_off = (head / group) * hd;
                 for (t, a) in att.iter_mut().enumerate() {
-                    *a = dot_portable(q, &keys[t * kv + kv_off..t * kv + kv_off + hd]) * scale;
+                    *a = dot(q, &keys[t * kv + kv_off..t * kv + kv_off + hd]) * scale;
                 }
                 softmax(&mut att);
                 let out = &mut y[head * hd..(head + 1) * hd];
@@ -197,17 +198,16 @@ fn matvec((w, b): (&[f32], Option<&Vec<f32>>), x: &[f32]) -> Vec<f32> {
     let n = x.len();
     let rows = w.len() / n;
     let mut out = vec![0.0f32; rows];
-    let dot = dot_fn();
     if w.len() >= 1 << 18 {
         out.par_chunks_mut(64).enumerate().for_each(|(chunk, o)| {
             for (i, v) in o.iter_mut().enumerate() {
                 let r = chunk * 64 + i;
-                *v = dot(&w[r * n..(r + 1) * n], x);
+                *v = dot_product(&w[r * n..(r + 1) * n], x);
             }
         });
     } else {
         for (r, v) in out.iter_mut().enumerate() {
-            *v = dot(&w[r * n..(r + 1) * n], x);
+            *v = dot_product(&w[r * n..(r + 1) * n], x);
         }
     }
     if let Some(b) = b {
@@ -220,46 +220,9 @@ fn dense((w, b): &(Vec<f32>, Option<Vec<f32>>)) -> (&[f32], Option<&Vec<f32>>) {
     (w, b.as_ref())
 }
 
-/// A dot product in 8 independent lanes, which the compiler turns into SIMD instructions.
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-/// The same loop compiled for AVX2 (8 floats per instruction instead of SSE's 4). The default
-/// build targets every x86-64 CPU, so the wider instructions are chosen at run time.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-/// The fastest dot product this CPU supports.
-fn dot_fn() -> fn(&[f32], &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, the only requirement of `dot_avx2`.
-        return |a, b| unsafe { dot_avx2(a, b) };
-    }
-    dot_portable
-}
+// The dot product of the fused kernels (eight lanes), compiled for the widest vector
+// instructions this CPU has (see `vectorized!`).
+vectorized!(dot_product, (a: &[T], b: &[T]) -> T, dot(a, b));
 
 fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
