@@ -409,7 +409,7 @@ impl Tensor {
                     }
                     Op::Gather(arg, indexes, dim) => {
                         let sum_grad = grads.or_insert(arg)?;
-                        *sum_grad = sum_grad.scatter_add(indexes, &grad, *dim)?;
+                        *sum_grad = sum_grad.contiguous()?.scatter_add(indexes, &grad, *dim)?;
                     }
                     Op::Scatter(init, indexes, src, dim) => {
                         grads.accumulate(init, &grad)?;
@@ -434,9 +434,10 @@ impl Tensor {
                     }
                     Op::IndexSelect(arg, indexes, dim) => {
                         let sum_grad = grads.or_insert(arg)?;
-                        // index_select accepts strided ids but index_add requires contiguous ones.
+                        // index_select accepts strided ids but index_add requires contiguous ones,
+                        // and a contiguous destination (a stored gradient may be a transposed view).
                         let indexes = indexes.contiguous()?;
-                        *sum_grad = sum_grad.index_add(&indexes, &grad, *dim)?;
+                        *sum_grad = sum_grad.contiguous()?.index_add(&indexes, &grad, *dim)?;
                     }
                     Op::Matmul(lhs, rhs) => {
                         // Skipping checks, the op went ok, we can skip
@@ -445,7 +446,14 @@ impl Tensor {
                         let lhs_grad = grad.matmul(&rhs.t()?)?;
                         grads.accumulate(lhs, &lhs_grad)?;
 
-                        let rhs_grad = lhs.t()?.matmul(&grad)?;
+                        // When rhs is a transposed contiguous matrix (`x.matmul(&w.t())`, a linear
+                        // layer), its gradient is computed as (gradᵀ · lhs)ᵀ: the product lands in
+                        // w's own layout and reaches w through the transpose without a copy.
+                        let rhs_grad = if rhs.rank() == 2 && lhs.rank() == 2 && rhs.t()?.is_contiguous() && !rhs.is_contiguous() {
+                            grad.t()?.matmul(lhs)?.t()?
+                        } else {
+                            lhs.t()?.matmul(&grad)?
+                        };
                         grads.accumulate(rhs, &rhs_grad)?;
                     }
                     Op::Cat(args, dim) => {
@@ -730,10 +738,18 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                // Stored as it is, but contiguous: some backward ops (index_add) need that, and
-                // a broadcast gradient (the backward of `sum_all`) is not. Upstream's zeros + grad
-                // always produced a contiguous tensor.
-                entry.insert(grad.contiguous()?);
+                // Stored as it is, but dense: upstream's zeros + grad always produced a
+                // contiguous tensor, and a broadcast gradient (the backward of `sum_all`) is not
+                // one. A transposed view of a contiguous matrix is kept as it is when it belongs
+                // to an intermediate node: that is the gradient of `wᵀ` in `x.matmul(&w.t())`,
+                // and the backward of the transpose turns it back into a contiguous gradient
+                // for `w` without a copy. Variables always get contiguous gradients.
+                let transposed = grad.rank() >= 2 && grad.t()?.is_contiguous();
+                if grad.is_contiguous() || (transposed && !tensor.is_variable()) {
+                    entry.insert(grad.clone());
+                } else {
+                    entry.insert(grad.contiguous()?);
+                }
             }
         }
         Ok(())

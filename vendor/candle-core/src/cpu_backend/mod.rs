@@ -1478,7 +1478,14 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // gemm writes every element of dst (read_dst is false), so dst is not zeroed first:
+        // its capacity is handed to gemm as a raw pointer and its length set afterwards.
+        // With k == 0 there is nothing to multiply and gemm may leave dst alone: zeros then.
+        let mut dst: Vec<T> = if k == 0 {
+            vec![T::zero(); b * m * n]
+        } else {
+            Vec::with_capacity(b * m * n)
+        };
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1499,16 +1506,20 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
+        if k == 0 {
+            return Ok(dst);
+        }
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
+            // Within dst's capacity: b * c_skip elements in all.
+            let dst_p = unsafe { dst.as_mut_ptr().add(step * c_skip) };
             unsafe {
                 gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_p.as_mut_ptr(),
+                    /* dst: *mut T = */ dst_p,
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1527,6 +1538,8 @@ impl Map2 for MatMul {
                 )
             }
         }
+        // Every one of the b * m * n elements was written by gemm above.
+        unsafe { dst.set_len(b * m * n) };
         Ok(dst)
     }
 
