@@ -38,7 +38,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{dot, slice, softmax_in_place, vectorized, Real};
+use super::fused::{dot, slice, softmax_in_place, vectorized, zeros, Real};
 use crate::Result;
 
 /// Whether the fused attention runs for this device and compute dtype: f32 or f64 on the CPU.
@@ -476,16 +476,20 @@ impl DocumentAttention {
             .into_par_iter()
             .map(|(b, kh)| forward_task(&Task::new(self, qkv, b, kh, false)))
             .collect();
-        // Scatter (g, T, hd) per task into (B, T, nh·hd).
-        let mut y = vec![T::zero(); self.docs.batch * t * nh * hd];
-        for ((b, kh), part) in self.tasks().into_iter().zip(parts) {
-            for (n, h) in (kh * g..(kh + 1) * g).enumerate() {
-                for i in 0..t {
-                    let to = (b * t + i) * nh * hd + h * hd;
-                    y[to..to + hd].copy_from_slice(&part[(n * t + i) * hd..(n * t + i + 1) * hd]);
+        // Scatter (g, T, hd) per task into (B, T, nh·hd), one batch row per thread (the tasks
+        // are numbered b · n_kv_head + kh).
+        let mut y = zeros(self.docs.batch * t * nh * hd);
+        y.par_chunks_mut(t * nh * hd).enumerate().for_each(|(b, y)| {
+            for kh in 0..self.n_kv_head {
+                let part = &parts[b * self.n_kv_head + kh];
+                for (n, h) in (kh * g..(kh + 1) * g).enumerate() {
+                    for i in 0..t {
+                        let to = i * nh * hd + h * hd;
+                        y[to..to + hd].copy_from_slice(&part[(n * t + i) * hd..][..hd]);
+                    }
                 }
             }
-        }
+        });
         y
     }
 
@@ -498,20 +502,23 @@ impl DocumentAttention {
             .into_par_iter()
             .map(|(b, kh)| backward_task(&Task::new(self, qkv, b, kh, true), dy))
             .collect();
-        let mut dqkv = vec![T::zero(); qkv.len()];
-        for ((b, kh), (dq, dk, dv)) in self.tasks().into_iter().zip(parts) {
-            for i in 0..t {
-                let row = (b * t + i) * width;
-                for (n, h) in (kh * g..(kh + 1) * g).enumerate() {
-                    dqkv[row + h * hd..row + (h + 1) * hd]
-                        .copy_from_slice(&dq[(n * t + i) * hd..(n * t + i + 1) * hd]);
+        // Scatter the tasks' (dq, dk, dv) into (B, T, width), one batch row per thread.
+        let mut dqkv = zeros(qkv.len());
+        dqkv.par_chunks_mut(t * width).enumerate().for_each(|(b, dqkv)| {
+            for kh in 0..nkv {
+                let (dq, dk, dv) = &parts[b * nkv + kh];
+                for i in 0..t {
+                    let row = i * width;
+                    for (n, h) in (kh * g..(kh + 1) * g).enumerate() {
+                        dqkv[row + h * hd..][..hd].copy_from_slice(&dq[(n * t + i) * hd..][..hd]);
+                    }
+                    let k_at = row + (nh + kh) * hd;
+                    dqkv[k_at..k_at + hd].copy_from_slice(&dk[i * hd..(i + 1) * hd]);
+                    let v_at = row + (nh + nkv + kh) * hd;
+                    dqkv[v_at..v_at + hd].copy_from_slice(&dv[i * hd..(i + 1) * hd]);
                 }
-                let k_at = row + (nh + kh) * hd;
-                dqkv[k_at..k_at + hd].copy_from_slice(&dk[i * hd..(i + 1) * hd]);
-                let v_at = row + (nh + nkv + kh) * hd;
-                dqkv[v_at..v_at + hd].copy_from_slice(&dv[i * hd..(i + 1) * hd]);
             }
-        }
+        });
         dqkv
     }
 }
