@@ -38,7 +38,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{dot, slice, softmax_in_place, vectorized, zeros, Real};
+use super::fused::{dot, slice, softmax_in_place, vectorized, par_rows, Real};
 use crate::Result;
 
 /// Whether the fused attention runs for this device and compute dtype: f32 or f64 on the CPU.
@@ -378,7 +378,7 @@ impl<'a, T: Real> Task<'a, T> {
 /// rows of `a` `(R, hd)` against the columns `col0..col0 + width` of a transposed matrix `mt`
 /// `(hd, cols)`. `out` is `(R, cols)`.
 #[inline(always)]
-fn scores<T: Real>(a: &[T], mt: &[T], cols: usize, col0: usize, width: usize, out: &mut [T]) {
+fn scores_kernel<T: Real>(a: &[T], mt: &[T], cols: usize, col0: usize, width: usize, out: &mut [T]) {
     let hd = a.len() / R;
     for c in (0..width).step_by(L) {
         let mut acc = [[T::zero(); L]; R];
@@ -400,7 +400,7 @@ fn scores<T: Real>(a: &[T], mt: &[T], cols: usize, col0: usize, width: usize, ou
 /// `out[r] = Σ_c w[r][c] · m[row0 + c]` for `c < width`: `R` weightings of the rows
 /// `row0..row0 + width` of `m` `(cols, hdp)`. `w` is `(R, cols)`, `out` `(R, hdp)`.
 #[inline(always)]
-fn mix<T: Real>(
+fn mix_kernel<T: Real>(
     w: &[T],
     cols: usize,
     width: usize,
@@ -429,7 +429,7 @@ fn mix<T: Real>(
 /// `mt[d][col0 + c] += Σ_r a[r][d] · w[r][c]` for `c < width`: the `R` rank-one updates of a
 /// transposed gradient `mt` `(hd, cols)` by a tile, `a` `(R, hd)`, `w` `(R, cols)`.
 #[inline(always)]
-fn accumulate<T: Real>(mt: &mut [T], cols: usize, col0: usize, width: usize, a: &[T], w: &[T]) {
+fn accumulate_kernel<T: Real>(mt: &mut [T], cols: usize, col0: usize, width: usize, a: &[T], w: &[T]) {
     let hd = a.len() / R;
     for c in (0..width).step_by(L) {
         let w: [[T; L]; R] = std::array::from_fn(|r| w[r * cols + c..][..L].try_into().unwrap());
@@ -446,6 +446,13 @@ fn accumulate<T: Real>(mt: &mut [T], cols: usize, col0: usize, width: usize, a: 
         }
     }
 }
+
+// Each kernel is a function of its own, compiled for the widest instructions the CPU has: small
+// functions whose running sums and pointers all fit in registers. (Inlined into the one large
+// task function, they reloaded their pointers from the stack at every step of the inner loops.)
+vectorized!(scores, (a: &[T], mt: &[T], cols: usize, col0: usize, width: usize, out: &mut [T]) -> (), scores_kernel(a, mt, cols, col0, width, out));
+vectorized!(mix, (w: &[T], cols: usize, width: usize, m: &[T], hdp: usize, row0: usize, out: &mut [T]) -> (), mix_kernel(w, cols, width, m, hdp, row0, out));
+vectorized!(accumulate, (mt: &mut [T], cols: usize, col0: usize, width: usize, a: &[T], w: &[T]) -> (), accumulate_kernel(mt, cols, col0, width, a, w));
 
 /// The first `n` columns of `m` `(rows, cols)`, transposed: `(n, rows)`.
 fn transpose<T: Real>(m: &[T], rows: usize, cols: usize, n: usize) -> Vec<T> {
@@ -478,8 +485,7 @@ impl DocumentAttention {
             .collect();
         // Scatter (g, T, hd) per task into (B, T, nh·hd), one batch row per thread (the tasks
         // are numbered b · n_kv_head + kh).
-        let mut y = zeros(self.docs.batch * t * nh * hd);
-        y.par_chunks_mut(t * nh * hd).enumerate().for_each(|(b, y)| {
+        par_rows(self.docs.batch * t * nh * hd, t * nh * hd, |b, y| {
             for kh in 0..self.n_kv_head {
                 let part = &parts[b * self.n_kv_head + kh];
                 for (n, h) in (kh * g..(kh + 1) * g).enumerate() {
@@ -489,8 +495,7 @@ impl DocumentAttention {
                     }
                 }
             }
-        });
-        y
+        })
     }
 
     fn backward<T: Real>(&self, qkv: &[T], dy: &[T]) -> Vec<T> {
@@ -503,8 +508,7 @@ impl DocumentAttention {
             .map(|(b, kh)| backward_task(&Task::new(self, qkv, b, kh, true), dy))
             .collect();
         // Scatter the tasks' (dq, dk, dv) into (B, T, width), one batch row per thread.
-        let mut dqkv = zeros(qkv.len());
-        dqkv.par_chunks_mut(t * width).enumerate().for_each(|(b, dqkv)| {
+        par_rows(qkv.len(), t * width, |b, dqkv| {
             for kh in 0..nkv {
                 let (dq, dk, dv) = &parts[b * nkv + kh];
                 for i in 0..t {
@@ -518,8 +522,7 @@ impl DocumentAttention {
                     dqkv[v_at..v_at + hd].copy_from_slice(&dv[i * hd..(i + 1) * hd]);
                 }
             }
-        });
-        dqkv
+        })
     }
 }
 

@@ -21,7 +21,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{dot, slice, sum_of, sum_over_rows, vectorized, zeros, Real};
+use super::fused::{dot, slice, sum_of, sum_over_rows, vectorized, par_rows, zeros, Real};
 use crate::Result;
 
 /// Whether [`norm`] runs on this tensor: f32 or f64 on the CPU, f32 or bf16 on a CUDA GPU
@@ -52,12 +52,7 @@ struct NormOp {
 impl NormOp {
     fn forward<T: Real>(&self, x: &[T], w: &[T]) -> Vec<T> {
         let c = w.len();
-        let mut y = zeros(x.len());
-        y.par_chunks_mut(c)
-            .zip(x.par_chunks(c))
-            .with_min_len(16)
-            .for_each(|(y, x)| forward_row(self, x, w, y));
-        y
+        par_rows(x.len(), c, |i, y| forward_row(self, &x[i * c..][..c], w, y))
     }
 
     fn backward_x<T: Real>(&self, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
