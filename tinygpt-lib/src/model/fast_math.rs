@@ -22,8 +22,12 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let e_r = p * r2 + r + 1.0;
-    // 2ⁿ from its bits; n = −127 (x = −MAX) gives the bits of 0.0.
-    let two_n = f32::from_bits(((n as i32 + 127).max(0) as u32) << 23);
+    // 2ⁿ from its bits: the biased exponent n + 127 is a whole number in 0..=255 here, and adding
+    // 1.5·2²³ puts it in the low bits of the sum's mantissa. (No `as i32`: Rust's float-to-int
+    // conversion saturates, which compiled to scalar compares and kept the loops from
+    // vectorizing.) n = −127 (x = −MAX) gives the bits of 0.0.
+    let biased = (n + (127.0 + 12_582_912.0)).to_bits().wrapping_sub(0x4B40_0000);
+    let two_n = f32::from_bits(biased << 23);
     e_r * two_n
 }
 
