@@ -263,13 +263,15 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
         "lm_head matmul (tied f32 weight)",
         &|| Ok(head.forward(&h)?),
     )?;
-    // The two matrix products of the lm_head's backward, alone (no gradient flows back).
+    // The two matrix products of the lm_head's backward, alone (no gradient flows back): the
+    // input's gradient dy · W and the weight's, dyᵀ · x (in W's own layout, as the backward of
+    // `x · Wᵀ` computes it; vendor/candle-core/PATCH.md).
     let (dy, w) = (logits.as_tensor(), wte.as_tensor().to_dtype(dt)?);
     piece("  its backward's dy @ W alone", &|| {
         Ok(dy.matmul(&w)?.detach())
     })?;
-    piece("  its backward's xᵀ @ dy alone", &|| {
-        Ok(h.as_tensor().t()?.matmul(dy)?.detach())
+    piece("  its backward's dyᵀ @ x alone", &|| {
+        Ok(dy.t()?.matmul(h.as_tensor())?.detach())
     })?;
     let mut p = ParamBuilder::new(WeightSource::Init(crate::rng::Rng::new(1)), dev);
     let attn = Attention::new(&mut p, "attn", cfg, 0.02, 0.02)?;

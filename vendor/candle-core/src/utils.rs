@@ -325,6 +325,17 @@ impl BarrierPool {
             f(0..n_items);
             return;
         }
+        // tinygpt's patch: with this pool off (CANDLE_NUM_THREADS=1, which tinygpt sets: its
+        // workers spin while they wait, and on a few cores they take the cores gemm needs), the
+        // chunks run on rayon's pool, gemm's own threads, instead of on the calling thread alone.
+        if self.threads.is_empty() && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            let chunk = n_items.div_ceil(rayon::current_num_threads() * 8).max(1);
+            (0..n_items.div_ceil(chunk))
+                .into_par_iter()
+                .for_each(|c| f(c * chunk..n_items.min((c + 1) * chunk)));
+            return;
+        }
         let n_threads = self.threads.len() + 1;
         // ~8 grabs per thread amortizes cursor contention while keeping tail imbalance small
         let chunk = n_items.div_ceil(n_threads * 8).max(1);
