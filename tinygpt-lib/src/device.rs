@@ -72,12 +72,13 @@ pub fn synchronize(device: &Device) -> Result<()> {
     Ok(device.synchronize()?)
 }
 
-/// Makes candle's CPU backend run element-wise operations on the calling thread.
+/// Turns candle's own CPU thread pool off, so that everything runs on rayon's threads.
 ///
 /// candle 0.11 spreads element-wise operations over a pool of worker threads that *spin* while
-/// they wait for work, next to the matrix-multiplication threads. On a machine with few cores
-/// the spinning workers steal the cores the matmuls need: on 2 cores a training step of the
-/// `tiny` model ran several times faster with the pool off. The matmuls stay multi-threaded.
+/// they wait for work, next to the matrix-multiplication (rayon) threads. On a machine with few
+/// cores the spinning workers steal the cores the matmuls need: on 2 cores a training step of the
+/// `tiny` model ran several times faster with the pool off. With it off, our patched candle
+/// (vendor/candle-core/PATCH.md) runs the element-wise operations on rayon's pool instead.
 /// Must run before candle's first CPU operation; an explicit `CANDLE_NUM_THREADS` is respected.
 pub fn tune_cpu() {
     static ONCE: std::sync::Once = std::sync::Once::new();
