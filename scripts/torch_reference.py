@@ -61,7 +61,7 @@ class GPT(nn.Module):
         for block in self.h:
             x = block(x, mask)
         logits = F.linear(self.ln_f(x), self.wte.weight)  # tied lm_head
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def synthetic_batch(b, t, vocab, device):
