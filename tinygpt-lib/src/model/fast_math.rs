@@ -26,7 +26,9 @@ pub fn exp(x: f32) -> f32 {
     // 1.5·2²³ puts it in the low bits of the sum's mantissa. (No `as i32`: Rust's float-to-int
     // conversion saturates, which compiled to scalar compares and kept the loops from
     // vectorizing.) n = −127 (x = −MAX) gives the bits of 0.0.
-    let biased = (n + (127.0 + 12_582_912.0)).to_bits().wrapping_sub(0x4B40_0000);
+    let biased = (n + (127.0 + 12_582_912.0))
+        .to_bits()
+        .wrapping_sub(0x4B40_0000);
     let two_n = f32::from_bits(biased << 23);
     e_r * two_n
 }

@@ -186,7 +186,7 @@ pub(super) fn slice<'a, T: WithDType>(
 /// `n` zeros, written by all cores. (`vec![0; n]` zeroes on the calling thread alone while the
 /// other cores wait.)
 pub(super) fn zeros<T: Real>(n: usize) -> Vec<T> {
-    par_rows(n, n.max(1), |_, _| ())
+    par_rows(n, 4096, |_, _| ())
 }
 
 /// A new buffer of `n` numbers, rows of `row` numbers, that `fill(i, out)` writes row by row,
@@ -570,7 +570,9 @@ fn normal<T: Real>(x: T) -> (T, T) {
 
 impl Gelu {
     fn run<T: Real>(x: &[T]) -> Vec<T> {
-        par_rows(x.len(), 4096, |i, y| gelu_chunk(&x[i * 4096..][..y.len()], y))
+        par_rows(x.len(), 4096, |i, y| {
+            gelu_chunk(&x[i * 4096..][..y.len()], y)
+        })
     }
 }
 

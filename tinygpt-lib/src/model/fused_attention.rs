@@ -38,7 +38,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{dot, slice, softmax_in_place, vectorized, par_rows, Real};
+use super::fused::{dot, par_rows, slice, softmax_in_place, vectorized, Real};
 use crate::Result;
 
 /// Whether the fused attention runs for this device and compute dtype: f32 or f64 on the CPU.
@@ -378,7 +378,14 @@ impl<'a, T: Real> Task<'a, T> {
 /// rows of `a` `(R, hd)` against the columns `col0..col0 + width` of a transposed matrix `mt`
 /// `(hd, cols)`. `out` is `(R, cols)`.
 #[inline(always)]
-fn scores_kernel<T: Real>(a: &[T], mt: &[T], cols: usize, col0: usize, width: usize, out: &mut [T]) {
+fn scores_kernel<T: Real>(
+    a: &[T],
+    mt: &[T],
+    cols: usize,
+    col0: usize,
+    width: usize,
+    out: &mut [T],
+) {
     let hd = a.len() / R;
     for c in (0..width).step_by(L) {
         let mut acc = [[T::zero(); L]; R];
@@ -429,7 +436,14 @@ fn mix_kernel<T: Real>(
 /// `mt[d][col0 + c] += Σ_r a[r][d] · w[r][c]` for `c < width`: the `R` rank-one updates of a
 /// transposed gradient `mt` `(hd, cols)` by a tile, `a` `(R, hd)`, `w` `(R, cols)`.
 #[inline(always)]
-fn accumulate_kernel<T: Real>(mt: &mut [T], cols: usize, col0: usize, width: usize, a: &[T], w: &[T]) {
+fn accumulate_kernel<T: Real>(
+    mt: &mut [T],
+    cols: usize,
+    col0: usize,
+    width: usize,
+    a: &[T],
+    w: &[T],
+) {
     let hd = a.len() / R;
     for c in (0..width).step_by(L) {
         let w: [[T; L]; R] = std::array::from_fn(|r| w[r * cols + c..][..L].try_into().unwrap());

@@ -21,7 +21,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{dot, slice, sum_of, sum_over_rows, vectorized, par_rows, zeros, Real};
+use super::fused::{dot, par_rows, slice, sum_of, sum_over_rows, vectorized, zeros, Real};
 use crate::Result;
 
 /// Whether [`norm`] runs on this tensor: f32 or f64 on the CPU, f32 or bf16 on a CUDA GPU
