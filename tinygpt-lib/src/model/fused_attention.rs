@@ -215,12 +215,18 @@ impl<'a, T: Real> Task<'a, T> {
 
     /// Head `slot` of every token, transposed: `(hd, cols)`, zeros past `T`.
     fn transposed(&self, slot: usize) -> Vec<T> {
-        let mut m = vec![T::zero(); self.op.hd * self.cols];
-        for i in 0..self.op.docs.time {
-            for (d, &x) in self.head(i, slot).iter().enumerate() {
-                m[d * self.cols + i] = x;
-            }
-        }
+        let op = self.op;
+        let width = (op.n_head + 2 * op.n_kv_head) * op.hd;
+        let first = self.b * op.docs.time * width + slot * op.hd;
+        let mut m = vec![T::zero(); op.hd * self.cols];
+        transpose_into(
+            &self.qkv[first..],
+            width,
+            op.docs.time,
+            op.hd,
+            &mut m,
+            self.cols,
+        );
         m
     }
 
@@ -471,12 +477,31 @@ vectorized!(accumulate, (mt: &mut [T], cols: usize, col0: usize, width: usize, a
 /// The first `n` columns of `m` `(rows, cols)`, transposed: `(n, rows)`.
 fn transpose<T: Real>(m: &[T], rows: usize, cols: usize, n: usize) -> Vec<T> {
     let mut out = vec![T::zero(); n * rows];
-    for r in 0..rows {
-        for c in 0..n {
-            out[c * rows + r] = m[r * cols + c];
+    transpose_into(m, cols, rows, n, &mut out, rows);
+    out
+}
+
+/// `dst[c][r] = src[r][c]` for a `(rows, cols)` block of `src` whose rows are `src_stride`
+/// apart, into rows of `dst` `dst_stride` apart. Sixteen source rows at a time, so that each
+/// row of `dst` gets sixteen numbers side by side (one cache line) from source rows that stay in
+/// cache; element by element, every number landed in another line of `dst`.
+fn transpose_into<T: Real>(
+    src: &[T],
+    src_stride: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [T],
+    dst_stride: usize,
+) {
+    for r0 in (0..rows).step_by(16) {
+        let r1 = (r0 + 16).min(rows);
+        for c in 0..cols {
+            let out = &mut dst[c * dst_stride + r0..c * dst_stride + r1];
+            for (k, out) in out.iter_mut().enumerate() {
+                *out = src[(r0 + k) * src_stride + c];
+            }
         }
     }
-    out
 }
 
 vectorized!(forward_task, (task: &Task<'_, T>) -> Vec<T>, task.forward());
