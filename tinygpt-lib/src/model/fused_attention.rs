@@ -215,18 +215,10 @@ impl<'a, T: Real> Task<'a, T> {
 
     /// Head `slot` of every token, transposed: `(hd, cols)`, zeros past `T`.
     fn transposed(&self, slot: usize) -> Vec<T> {
-        let op = self.op;
-        let width = (op.n_head + 2 * op.n_kv_head) * op.hd;
-        let first = self.b * op.docs.time * width + slot * op.hd;
-        let mut m = vec![T::zero(); op.hd * self.cols];
-        transpose_into(
-            &self.qkv[first..],
-            width,
-            op.docs.time,
-            op.hd,
-            &mut m,
-            self.cols,
-        );
+        let (t, hd) = (self.op.docs.time, self.op.hd);
+        let mut m = vec![T::zero(); hd * self.cols];
+        let src = &self.qkv[self.at(0, slot)..];
+        transpose_into(src, self.width(), t, hd, &mut m, self.cols);
         m
     }
 
@@ -240,13 +232,22 @@ impl<'a, T: Real> Task<'a, T> {
         m
     }
 
-    /// Head `slot` (queries first, then keys, then values) of token `i`: `hd` numbers.
+    /// Numbers per token in `qkv`: all its query, key and value heads.
+    fn width(&self) -> usize {
+        (self.op.n_head + 2 * self.op.n_kv_head) * self.op.hd
+    }
+
+    /// Where head `slot` (queries first, then keys, then values) of token `i` starts in `qkv`.
+    #[inline(always)]
+    fn at(&self, i: usize, slot: usize) -> usize {
+        (self.b * self.op.docs.time + i) * self.width() + slot * self.op.hd
+    }
+
+    /// Head `slot` of token `i`: `hd` numbers.
     #[inline(always)]
     fn head(&self, i: usize, slot: usize) -> &'a [T] {
-        let op = self.op;
-        let width = (op.n_head + 2 * op.n_kv_head) * op.hd;
-        let at = (self.b * op.docs.time + i) * width + slot * op.hd;
-        &self.qkv[at..at + op.hd]
+        let at = self.at(i, slot);
+        &self.qkv[at..at + self.op.hd]
     }
 
     /// The query heads that share this key/value head.
