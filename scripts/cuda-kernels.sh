@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Compiles tinygpt's own CUDA kernels (tinygpt-lib/src/model/fused.cu, which a GPU run compiles
+# with NVRTC at first use) with the real CUDA 13.0 compiler, on any machine, without a GPU:
+# nvcc to PTX, then ptxas to machine code for the H100/H200 (sm_90) and the RTX 4090 (sm_89).
+# Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX.
+# CI runs it next to scripts/cuda-check.sh (which type-checks the Rust side), so that neither
+# half of the GPU path can rot unseen. The compiler comes from scripts/cuda-env.sh (PyPI wheels).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ -x "${TINYGPT_CUDA_DIR:-.cuda}/venv/bin/python" ]] || scripts/cuda-env.sh setup
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+SRC=tinygpt-lib/src/model/fused.cu
+scripts/cuda-env.sh nvcc --ptx -arch=compute_89 -o "$OUT/fused.ptx" "$SRC"
+for sm in 89 90; do
+  scripts/cuda-env.sh ptxas -arch="sm_$sm" -o "$OUT/fused_sm$sm.cubin" "$OUT/fused.ptx"
+done
+entries="$(grep -oE '\.entry [A-Za-z0-9_]+' "$OUT/fused.ptx" | awk '{print $2}' | sort -u)"
+missing=0
+# The names fused_cuda.rs passes to its launchers: whole, or with `_f32` and `_bf16` appended.
+for name in $(grep -oE '"[a-z][a-z0-9_]*"' tinygpt-lib/src/model/fused_cuda.rs | tr -d '"' | sort -u); do
+  [[ $name == tinygpt_fused ]] && continue
+  if grep -qx "$name" <<<"$entries"; then continue; fi
+  if grep -qx "${name}_f32" <<<"$entries" && grep -qx "${name}_bf16" <<<"$entries"; then continue; fi
+  echo "error: model/fused_cuda.rs launches '$name', which $SRC does not define" >&2
+  missing=1
+done
+[[ $missing == 0 ]] || exit 1
+echo "fused.cu: $(wc -l <<<"$entries") kernels compiled for sm_89 and sm_90; every kernel fused_cuda.rs names is there"
