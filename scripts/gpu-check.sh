@@ -32,7 +32,7 @@ esac
 echo "bf16 dense peak used for MFU: $PEAK TFLOP/s ($NAME)"
 if ! ldd "$BIN" | grep -q "not found"; then echo "libraries: all found"; else ldd "$BIN" | grep "not found"; fi
 
-echo "== CUDA tests (GPU vs CPU logits and gradients, bf16 vs f32, packed == separate, KV cache)"
+echo "== CUDA tests (GPU vs CPU logits and gradients, bf16 vs f32, packed == separate, KV cache, fused kernels)"
 gpu/bin/cuda-tests --test-threads 1 > "$OUT/cuda-tests.txt" 2>&1
 TESTS=$?
 tail -8 "$OUT/cuda-tests.txt"
@@ -41,6 +41,9 @@ run() { echo "\$ $*"; timeout 240 "$@" 2>&1 | tee -a "$OUT/log.txt" | tail -3; }
 echo "== tinygpt: seed-61m training step throughput"
 run "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json
 OURS="$(tail -1 "$OUT/log.txt")"
+echo "== the same with the fused CUDA attention (opt-in until checked here: TINYGPT_CUDA_ATTENTION=fused)"
+run env TINYGPT_CUDA_ATTENTION=fused "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json
+OURS_FUSED="$(tail -1 "$OUT/log.txt")"
 echo "== PyTorch reference, same model and batch"
 run "$PY" scripts/torch_reference.py --preset seed-61m --batch-size 32 --steps 20 --mask document --peak-tflops "$PEAK"
 TORCH_DOC="$(tail -1 "$OUT/log.txt")"
@@ -90,10 +93,11 @@ PY
 fi
 
 echo "== summary ($NAME)"
-"$PY" - "$OURS" "$TORCH_DOC" "$TORCH_CAUSAL" <<'PY'
+"$PY" - "$OURS" "$OURS_FUSED" "$TORCH_DOC" "$TORCH_CAUSAL" <<'PY'
 import json, sys
 rows = []
-for label, line in zip(["tinygpt bf16 (document mask)", "pytorch bf16 sdpa (document mask)", "pytorch bf16 sdpa (causal only)"], sys.argv[1:]):
+labels = ["tinygpt bf16 (document mask)", "tinygpt bf16, fused CUDA attention", "pytorch bf16 sdpa (document mask)", "pytorch bf16 sdpa (causal only)"]
+for label, line in zip(labels, sys.argv[1:]):
     try:
         r = json.loads(line)
         rows.append((label, r["tokens_per_s"], r["mfu"]))
@@ -101,7 +105,7 @@ for label, line in zip(["tinygpt bf16 (document mask)", "pytorch bf16 sdpa (docu
         rows.append((label, float("nan"), float("nan")))
 print(f"{'implementation':38} {'tokens/s':>12} {'MFU':>7} {'vs torch(doc)':>14}")
 for label, tps, mfu in rows:
-    print(f"{label:38} {tps:12.0f} {100 * mfu:6.1f}% {tps / rows[1][1]:13.2f}x")
+    print(f"{label:38} {tps:12.0f} {100 * mfu:6.1f}% {tps / rows[2][1]:13.2f}x")
 PY
 [[ $RUN == 0 ]] || echo "FAILED: the training run's loss did not fall"
 exit $(( TESTS || RUN ))

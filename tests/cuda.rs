@@ -395,3 +395,43 @@ fn adamw_in_place_update_on_the_gpu_equals_the_cpu() {
     }
     assert!(max_abs_diff(&gt, &theta) > 1e-4, "the weights moved");
 }
+
+#[test]
+fn fused_cuda_attention_equals_the_cpu_kernel_in_value_and_gradient() {
+    use tinygpt::candle_core::Var;
+    use tinygpt::model::fused_attention::{attention, Documents};
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    let data = sample_batch().to_tensors(&cpu).unwrap();
+    let (b, t) = data.x.dims2().unwrap();
+    let docs = Documents::new(&data.doc).unwrap();
+    // Grouped heads with a head size that is not a multiple of 32, and the seed model's heads.
+    for (nh, nkv, hd) in [(4, 2, 40), (4, 4, 128)] {
+        let width = (nh + 2 * nkv) * hd;
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, width), &cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (b, t, nh * hd), &cpu).unwrap();
+        // The CPU kernel (checked against the composed attention in tests/model.rs).
+        let x = Var::from_tensor(&qkv).unwrap();
+        let y_cpu = attention(&x, &docs, nh, nkv).unwrap();
+        let g = (&y_cpu * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_cpu = g.get(&x).unwrap().clone();
+        for (dtype, tol) in [(DType::F32, 1e-4f32), (DType::BF16, 3e-2)] {
+            let x =
+                Var::from_tensor(&qkv.to_device(&dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let y = attention(&x, &docs, nh, nkv).unwrap();
+            let err = max_abs_diff(&y, &y_cpu);
+            assert!(err < tol, "({nh}, {nkv}, {hd}) {dtype:?}: y off by {err}");
+            let w = w.to_device(&dev).unwrap().to_dtype(dtype).unwrap();
+            let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let err = max_abs_diff(g.get(&x).unwrap(), &g_cpu);
+            assert!(
+                err < 4.0 * tol,
+                "({nh}, {nkv}, {hd}) {dtype:?}: dqkv off by {err}"
+            );
+        }
+    }
+}

@@ -306,3 +306,175 @@ extern "C" __global__ void embedding_backward(const unsigned int* ids, const flo
         if (id < (unsigned int)rows) atomicAdd(&dtable[(long)id * c + k % c], dy[k]);
     }
 }
+
+// Document-masked causal attention (model/fused_attention.rs), flash style: the (T, T) scores
+// are never stored. qkv is c_attn's output (B, T, (nh + 2·nkv)·hd): token i's query head h at
+// h·hd, key head kh at (nh + kh)·hd, value head at (nh + nkv + kh)·hd; query head h uses key and
+// value head h / (nh / nkv). Token i sees the keys start[b·T + i] ..= i (its own story).
+// One warp per query (forward, backward_q) or per key (backward_kv); lane l holds the numbers
+// l, l + 32, … of a head (hd ≤ 32·ATT_E). Scores, softmax and sums in f32.
+#define ATT_E 8
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Loads a head (hd numbers at p + at) into the lane's registers, times `scale`.
+template <typename T>
+__device__ __forceinline__ void load_head(const T* p, long at, int hd, float scale, float* r) {
+    int lane = threadIdx.x & 31;
+    for (int e = 0; e < ATT_E; e++) {
+        int d = lane + 32 * e;
+        r[e] = d < hd ? load(p, at + d) * scale : 0.0f;
+    }
+}
+
+// Σ_d r[d] · p[at + d] over the warp.
+template <typename T>
+__device__ __forceinline__ float dot_head(const float* r, const T* p, long at, int hd) {
+    int lane = threadIdx.x & 31;
+    float s = 0.0f;
+    for (int e = 0; e < ATT_E; e++) {
+        int d = lane + 32 * e;
+        if (d < hd) s += r[e] * load(p, at + d);
+    }
+    return warp_sum(s);
+}
+
+// acc[d] = acc[d] · c + w · p[at + d].
+template <typename T>
+__device__ __forceinline__ void axpy_head(float* acc, float c, float w, const T* p, long at, int hd) {
+    int lane = threadIdx.x & 31;
+    for (int e = 0; e < ATT_E; e++) {
+        int d = lane + 32 * e;
+        if (d < hd) acc[e] = acc[e] * c + w * load(p, at + d);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_head(T* p, long at, int hd, const float* r, float scale) {
+    int lane = threadIdx.x & 31;
+    for (int e = 0; e < ATT_E; e++) {
+        int d = lane + 32 * e;
+        if (d < hd) store(p, at + d, r[e] * scale);
+    }
+}
+
+// The online softmax over token i's keys (Milakov & Gimelshein 2018): returns log Σ_j exp(s_j)
+// (s_j = q · k_j, q already scaled) and leaves Σ_j softmax(s)_j v_j in y.
+template <typename T>
+__device__ float attend(const T* row, const float* q, int i, int j0, long k_at, long v_at, int width, int hd, float* y) {
+    float m = NEG_INF, l = 0.0f;
+    for (int e = 0; e < ATT_E; e++) y[e] = 0.0f;
+    for (int j = j0; j <= i; j++) {
+        float s = dot_head(q, row, (long)j * width + k_at, hd);
+        float m_new = fmaxf(m, s);
+        float c = __expf(m - m_new);  // 0 at the first key (m = −∞)
+        float p = __expf(s - m_new);
+        l = l * c + p;
+        axpy_head(y, c, p, row, (long)j * width + v_at, hd);
+        m = m_new;
+    }
+    for (int e = 0; e < ATT_E; e++) y[e] /= l;
+    return m + __logf(l);
+}
+
+// y (B, T, nh·hd) = softmax(q k^T / √hd) v over each query's story.
+template <typename T>
+__device__ void attention_forward(const T* qkv, const unsigned int* start, T* y, int t, int nh, int nkv, int hd, float scale, long n) {
+    long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (w >= n) return;  // n = B·nh·T warps; a whole warp leaves together
+    int i = (int)(w % t), h = (int)(w / t % nh);
+    long b = w / t / nh;
+    int width = (nh + 2 * nkv) * hd, kh = h / (nh / nkv);
+    const T* row = qkv + b * t * width;
+    float q[ATT_E], acc[ATT_E];
+    load_head(row, (long)i * width + h * hd, hd, scale, q);
+    attend(row, q, i, (int)start[b * t + i], (long)(nh + kh) * hd, (long)(nh + nkv + kh) * hd, width, hd, acc);
+    store_head(y, (b * t + i) * nh * hd + h * hd, hd, acc, 1.0f);
+}
+
+// Backward, query side (one warp per query): recomputes the query's softmax, saves its
+// log-normaliser L_i and D_i = dy_i · y_i (= Σ_j p_j dp_j), and writes
+// dq_i = Σ_j p_j (dy_i · v_j − D_i) k_j / √hd into dqkv's query slot.
+template <typename T>
+__device__ void attention_backward_q(const T* qkv, const T* dy, const unsigned int* start, T* dqkv, float* lse, float* dsum, int t, int nh, int nkv, int hd, float scale, long n) {
+    long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (w >= n) return;
+    int i = (int)(w % t), h = (int)(w / t % nh);
+    long b = w / t / nh;
+    int width = (nh + 2 * nkv) * hd, kh = h / (nh / nkv);
+    long k_at = (long)(nh + kh) * hd, v_at = (long)(nh + nkv + kh) * hd;
+    const T* row = qkv + b * t * width;
+    int j0 = (int)start[b * t + i];
+    float q[ATT_E], g[ATT_E], acc[ATT_E];
+    load_head(row, (long)i * width + h * hd, hd, scale, q);
+    load_head(dy, (b * t + i) * nh * hd + h * hd, hd, 1.0f, g);
+    float L = attend(row, q, i, j0, k_at, v_at, width, hd, acc);
+    int lane = threadIdx.x & 31;
+    float D = 0.0f;
+    for (int e = 0; e < ATT_E; e++) D += g[e] * acc[e];  // zeros past hd
+    D = warp_sum(D);
+    for (int e = 0; e < ATT_E; e++) acc[e] = 0.0f;
+    for (int j = j0; j <= i; j++) {
+        float p = __expf(dot_head(q, row, (long)j * width + k_at, hd) - L);
+        float ds = p * (dot_head(g, row, (long)j * width + v_at, hd) - D);
+        axpy_head(acc, 1.0f, ds, row, (long)j * width + k_at, hd);
+    }
+    store_head(dqkv + b * t * width, (long)i * width + h * hd, hd, acc, scale);
+    if (lane == 0) {
+        long s = (b * nh + h) * t + i;
+        lse[s] = L;
+        dsum[s] = D;
+    }
+}
+
+// Backward, key side (one warp per key j of key/value head kh): over the query heads that share
+// it and the queries i ≥ j of j's story, dv_j = Σ p_ij dy_i and dk_j = Σ p_ij (dp_ij − D_i) q_i / √hd,
+// written into dqkv's key and value slots.
+template <typename T>
+__device__ void attention_backward_kv(const T* qkv, const T* dy, const unsigned int* start, const float* lse, const float* dsum, T* dqkv, int t, int nh, int nkv, int hd, float scale, long n) {
+    long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (w >= n) return;  // n = B·nkv·T warps
+    int j = (int)(w % t), kh = (int)(w / t % nkv);
+    long b = w / t / nkv;
+    int width = (nh + 2 * nkv) * hd, g = nh / nkv;
+    long k_at = (long)j * width + (nh + kh) * hd, v_at = (long)j * width + (nh + nkv + kh) * hd;
+    const T* row = qkv + b * t * width;
+    float k[ATT_E], v[ATT_E], dk[ATT_E], dv[ATT_E];
+    load_head(row, k_at, hd, scale, k);
+    load_head(row, v_at, hd, 1.0f, v);
+    for (int e = 0; e < ATT_E; e++) dk[e] = dv[e] = 0.0f;
+    for (int h = kh * g; h < (kh + 1) * g; h++) {
+        for (int i = j; i < t && (int)start[b * t + i] <= j; i++) {
+            long s = (b * nh + h) * t + i;
+            long q_at = (long)i * width + h * hd, g_at = (b * t + i) * nh * hd + h * hd;
+            float p = __expf(dot_head(k, row, q_at, hd) - lse[s]);
+            float ds = p * (dot_head(v, dy, g_at, hd) - dsum[s]);
+            axpy_head(dv, 1.0f, p, dy, g_at, hd);
+            axpy_head(dk, 1.0f, ds, row, q_at, hd);
+        }
+    }
+    store_head(dqkv + b * t * width, k_at, hd, dk, scale);
+    store_head(dqkv + b * t * width, v_at, hd, dv, 1.0f);
+}
+
+extern "C" __global__ void attention_forward_f32(const float* qkv, const unsigned int* start, float* y, int t, int nh, int nkv, int hd, float scale, long n) {
+    attention_forward(qkv, start, y, t, nh, nkv, hd, scale, n);
+}
+extern "C" __global__ void attention_forward_bf16(const bf16* qkv, const unsigned int* start, bf16* y, int t, int nh, int nkv, int hd, float scale, long n) {
+    attention_forward(qkv, start, y, t, nh, nkv, hd, scale, n);
+}
+extern "C" __global__ void attention_backward_q_f32(const float* qkv, const float* dy, const unsigned int* start, float* dqkv, float* lse, float* dsum, int t, int nh, int nkv, int hd, float scale, long n) {
+    attention_backward_q(qkv, dy, start, dqkv, lse, dsum, t, nh, nkv, hd, scale, n);
+}
+extern "C" __global__ void attention_backward_q_bf16(const bf16* qkv, const bf16* dy, const unsigned int* start, bf16* dqkv, float* lse, float* dsum, int t, int nh, int nkv, int hd, float scale, long n) {
+    attention_backward_q(qkv, dy, start, dqkv, lse, dsum, t, nh, nkv, hd, scale, n);
+}
+extern "C" __global__ void attention_backward_kv_f32(const float* qkv, const float* dy, const unsigned int* start, const float* lse, const float* dsum, float* dqkv, int t, int nh, int nkv, int hd, float scale, long n) {
+    attention_backward_kv(qkv, dy, start, lse, dsum, dqkv, t, nh, nkv, hd, scale, n);
+}
+extern "C" __global__ void attention_backward_kv_bf16(const bf16* qkv, const bf16* dy, const unsigned int* start, const float* lse, const float* dsum, bf16* dqkv, int t, int nh, int nkv, int hd, float scale, long n) {
+    attention_backward_kv(qkv, dy, start, lse, dsum, dqkv, t, nh, nkv, hd, scale, n);
+}

@@ -1,4 +1,5 @@
-//! Document-masked causal attention as one CPU kernel, forward and backward.
+//! Document-masked causal attention as one CPU kernel, forward and backward (and, opt-in, as
+//! CUDA kernels of `fused.cu`: see [`available`]).
 //!
 //! The composed attention ([`super::attention`]) builds the `(B, nh, T, T)` scores, adds the
 //! `(B, 1, T, T)` mask, softmaxes and multiplies by the values: each step a new big tensor,
@@ -41,9 +42,21 @@ use rayon::prelude::*;
 use super::fused::{dot, par_rows, slice, softmax_in_place, vectorized, Real};
 use crate::Result;
 
-/// Whether the fused attention runs for this device and compute dtype: f32 or f64 on the CPU.
+/// Whether the fused attention runs for this device and compute dtype: f32 or f64 on the CPU;
+/// on a CUDA GPU, f32 or bf16 when the environment says `TINYGPT_CUDA_ATTENTION=fused`.
+///
+/// The CUDA kernels (`fused.cu`, one warp per query or key, flash style: no `(B, nh, T, T)`
+/// tensors) are opt-in until a GPU run has checked them: `tests/cuda.rs` compares them with the
+/// composed attention in value and gradient, and `scripts/gpu-check.sh` times both.
 pub fn available(device: &candle_core::Device, dtype: DType) -> bool {
-    device.is_cpu() && matches!(dtype, DType::F32 | DType::F64)
+    match device {
+        candle_core::Device::Cpu => matches!(dtype, DType::F32 | DType::F64),
+        candle_core::Device::Cuda(_) => {
+            std::env::var("TINYGPT_CUDA_ATTENTION").as_deref() == Ok("fused")
+                && matches!(dtype, DType::F32 | DType::BF16)
+        }
+        _ => false,
+    }
 }
 
 /// Where each token's story begins in its row: what the document mask says, in `B·T` numbers.
@@ -101,6 +114,14 @@ pub fn attention(
             qkv.dims(),
             docs.batch,
             docs.time
+        )));
+    }
+    #[cfg(feature = "cuda")]
+    if qkv.device().is_cuda() && hd > super::fused_cuda::ATTENTION_MAX_HEAD {
+        return Err(crate::Error::Invalid(format!(
+            "fused attention on CUDA: heads of {hd} numbers, at most {} (unset \
+             TINYGPT_CUDA_ATTENTION to use the composed attention)",
+            super::fused_cuda::ATTENTION_MAX_HEAD
         )));
     }
     let op = DocumentAttention {
@@ -509,6 +530,17 @@ vectorized!(forward_task, (task: &Task<'_, T>) -> Vec<T>, task.forward());
 vectorized!(backward_task, (task: &Task<'_, T>, dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>), task.backward(dy));
 
 impl DocumentAttention {
+    #[cfg(feature = "cuda")]
+    fn dims(&self) -> super::fused_cuda::AttentionDims {
+        super::fused_cuda::AttentionDims {
+            b: self.docs.batch,
+            t: self.docs.time,
+            nh: self.n_head,
+            nkv: self.n_kv_head,
+            hd: self.hd,
+        }
+    }
+
     fn tasks(&self) -> Vec<(usize, usize)> {
         (0..self.docs.batch)
             .flat_map(|b| (0..self.n_kv_head).map(move |kh| (b, kh)))
@@ -581,6 +613,15 @@ impl CustomOp1 for DocumentAttention {
         Ok((out, shape))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::attention_forward((s, l), &self.docs.start, self.dims())
+    }
+
     fn bwd(&self, qkv: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(qkv.apply_op2_no_bwd(
             &dy.contiguous()?,
@@ -610,5 +651,17 @@ impl CustomOp2 for AttentionBackward {
             _ => candle_core::bail!("fused attention backward: f32 or f64 only"),
         };
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let op = &self.0;
+        super::fused_cuda::attention_backward((s1, l1), (s2, l2), &op.docs.start, op.dims())
     }
 }

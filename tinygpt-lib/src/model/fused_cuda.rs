@@ -677,3 +677,163 @@ pub fn embedding_backward(
         Shape::from((rows, c)),
     ))
 }
+
+/// One warp per item (a query or a key) for the attention kernels, four warps per block.
+fn warps(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n * 32).div_ceil(128) as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The shape of a document attention: batch, time, query heads, key/value heads, head size.
+#[derive(Clone, Copy)]
+pub struct AttentionDims {
+    pub b: usize,
+    pub t: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+}
+
+impl AttentionDims {
+    /// The kernels' integer arguments: `t, nh, nkv, hd` and the scale `1/√hd`.
+    fn args(&self) -> (i32, i32, i32, i32, f32) {
+        let d = self;
+        let scale = 1.0 / (d.hd as f32).sqrt();
+        (d.t as i32, d.nh as i32, d.nkv as i32, d.hd as i32, scale)
+    }
+}
+
+/// The largest head the attention kernels hold in a warp's registers (`ATT_E` in fused.cu).
+pub const ATTENTION_MAX_HEAD: usize = 256;
+
+/// Document-masked attention forward (`model/fused_attention.rs`): `qkv` `(B, T, (nh + 2·nkv)·hd)`
+/// f32 or bf16 → `y` `(B, T, nh·hd)` in the same dtype. `start[b·T + i]`: where token `i`'s
+/// story begins in its row.
+pub fn attention_forward(
+    (qkv, l): (&CudaStorage, &Layout),
+    start: &[u32],
+    dims: AttentionDims,
+) -> Result<(CudaStorage, Shape)> {
+    let (o, dev) = (offsets(l)?, &qkv.device);
+    let starts = dev.clone_htod(start)?;
+    let slice = match &qkv.slice {
+        CudaStorageSlice::F32(x) => {
+            let y = attention_forward_as(
+                dev,
+                "attention_forward_f32",
+                &x.slice(o.0..o.1),
+                &starts,
+                dims,
+            )?;
+            CudaStorageSlice::F32(y)
+        }
+        CudaStorageSlice::BF16(x) => {
+            let y = attention_forward_as(
+                dev,
+                "attention_forward_bf16",
+                &x.slice(o.0..o.1),
+                &starts,
+                dims,
+            )?;
+            CudaStorageSlice::BF16(y)
+        }
+        _ => candle_core::bail!("attention on CUDA: f32 or bf16 qkv"),
+    };
+    let shape = Shape::from((dims.b, dims.t, dims.nh * dims.hd));
+    Ok((storage(slice, dev), shape))
+}
+
+/// [`attention_forward`] for one dtype, with its kernel `name`.
+fn attention_forward_as<T: DeviceRepr>(
+    dev: &CudaDevice,
+    name: &str,
+    qkv: &CudaView<T>,
+    starts: &CudaSlice<u32>,
+    dims: AttentionDims,
+) -> Result<CudaSlice<T>> {
+    let (t, nh, nkv, hd, scale) = dims.args();
+    let n = dims.b * dims.nh * dims.t;
+    let n64 = n as i64;
+    // SAFETY: one warp per query writes its hd numbers: all of y.
+    let y = unsafe { dev.alloc::<T>(n * dims.hd)? };
+    kernel(dev, name)?.run(warps(n), |b| {
+        b.arg(qkv).arg(starts).arg(&y);
+        b.arg(&t).arg(&nh).arg(&nkv).arg(&hd).arg(&scale).arg(&n64);
+    })?;
+    Ok(y)
+}
+
+/// Its backward: `dqkv` (like `qkv`) from `qkv` and `dy` `(B, T, nh·hd)` (one dtype). Two
+/// kernels: per query (`dq`, and each query's softmax statistics), then per key (`dk`, `dv`).
+pub fn attention_backward(
+    (qkv, lq): (&CudaStorage, &Layout),
+    (dy, ld): (&CudaStorage, &Layout),
+    start: &[u32],
+    dims: AttentionDims,
+) -> Result<(CudaStorage, Shape)> {
+    let (oq, od, dev) = (offsets(lq)?, offsets(ld)?, &qkv.device);
+    let starts = dev.clone_htod(start)?;
+    let slice = match (&qkv.slice, &dy.slice) {
+        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(g)) => {
+            let (x, g) = (x.slice(oq.0..oq.1), g.slice(od.0..od.1));
+            CudaStorageSlice::F32(attention_backward_as(
+                dev,
+                ("attention_backward_q_f32", "attention_backward_kv_f32"),
+                (&x, &g),
+                &starts,
+                dims,
+            )?)
+        }
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(g)) => {
+            let (x, g) = (x.slice(oq.0..oq.1), g.slice(od.0..od.1));
+            CudaStorageSlice::BF16(attention_backward_as(
+                dev,
+                ("attention_backward_q_bf16", "attention_backward_kv_bf16"),
+                (&x, &g),
+                &starts,
+                dims,
+            )?)
+        }
+        _ => candle_core::bail!("attention backward on CUDA: f32 or bf16 qkv and dy, one dtype"),
+    };
+    Ok((storage(slice, dev), lq.shape().clone()))
+}
+
+/// [`attention_backward`] for one dtype, with its two kernels' names.
+fn attention_backward_as<T: DeviceRepr>(
+    dev: &CudaDevice,
+    (q_kernel, kv_kernel): (&str, &str),
+    (qkv, dy): (&CudaView<T>, &CudaView<T>),
+    starts: &CudaSlice<u32>,
+    dims: AttentionDims,
+) -> Result<CudaSlice<T>> {
+    let (t, nh, nkv, hd, scale) = dims.args();
+    let (nq, nk) = (dims.b * dims.nh * dims.t, dims.b * dims.nkv * dims.t);
+    let (nq64, nk64) = (nq as i64, nk as i64);
+    // SAFETY: backward_q writes the statistics of every query and every query slot of dqkv;
+    // backward_kv every key and value slot.
+    let (lse, dsum) = unsafe { (dev.alloc::<f32>(nq)?, dev.alloc::<f32>(nq)?) };
+    let dqkv = unsafe { dev.alloc::<T>(qkv.len())? };
+    kernel(dev, q_kernel)?.run(warps(nq), |b| {
+        b.arg(qkv)
+            .arg(dy)
+            .arg(starts)
+            .arg(&dqkv)
+            .arg(&lse)
+            .arg(&dsum);
+        b.arg(&t).arg(&nh).arg(&nkv).arg(&hd).arg(&scale).arg(&nq64);
+    })?;
+    kernel(dev, kv_kernel)?.run(warps(nk), |b| {
+        b.arg(qkv)
+            .arg(dy)
+            .arg(starts)
+            .arg(&lse)
+            .arg(&dsum)
+            .arg(&dqkv);
+        b.arg(&t).arg(&nh).arg(&nkv).arg(&hd).arg(&scale).arg(&nk64);
+    })?;
+    Ok(dqkv)
+}
