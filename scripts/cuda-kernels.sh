@@ -2,7 +2,9 @@
 # Compiles tinygpt's own CUDA kernels (tinygpt-lib/src/model/fused.cu, which a GPU run compiles
 # with NVRTC at first use) with the real CUDA 13.0 compiler, on any machine, without a GPU:
 # nvcc to PTX, then ptxas to machine code for the H100/H200 (sm_90) and the RTX 4090 (sm_89).
-# Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX.
+# Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX, and the
+# attention kernels, run on the CPU by a small CUDA emulation (tests/cuda_emulated: one thread
+# per lane, shuffles through barriers), must equal dense attention in value and gradient.
 # CI runs it next to scripts/cuda-check.sh (which type-checks the Rust side), so that neither
 # half of the GPU path can rot unseen. The compiler comes from scripts/cuda-env.sh (PyPI wheels).
 set -euo pipefail
@@ -27,3 +29,6 @@ for name in $(grep -oE '"[a-z][a-z0-9_]*"' tinygpt-lib/src/model/fused_cuda.rs |
 done
 [[ $missing == 0 ]] || exit 1
 echo "fused.cu: $(wc -l <<<"$entries") kernels compiled for sm_89 and sm_90; every kernel fused_cuda.rs names is there"
+command -v g++ >/dev/null || { echo "error: g++ (C++20) is needed for tests/cuda_emulated: install it (apt-get install g++)" >&2; exit 1; }
+g++ -std=c++20 -O2 -pthread -x c++ tests/cuda_emulated/attention.cpp -o "$OUT/attention"
+"$OUT/attention"

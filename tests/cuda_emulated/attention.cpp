@@ -1,0 +1,135 @@
+// fused.cu's document-masked attention kernels (forward, backward_q, backward_kv), run on the
+// CPU through emulate.h, against dense attention computed here in double: the outputs and the
+// gradients of Σ y ⊙ w with respect to qkv, in f32 and bf16, for grouped heads, heads whose size
+// is not a multiple of 32, and stories that start mid-row. Exits non-zero on a mismatch.
+// Built and run by scripts/cuda-kernels.sh.
+#include <cstdio>
+#include <cstdint>
+#include "emulate.h"
+#include "../../tinygpt-lib/src/model/fused.cu"
+
+struct Case {
+    int b, t, nh, nkv, hd;
+};
+
+static double next_normal(uint64_t& s) {  // a small deterministic generator (sum of uniforms)
+    double a = 0;
+    for (int k = 0; k < 12; k++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        a += (double)(s >> 11) / 9007199254740992.0;
+    }
+    return a - 6.0;
+}
+
+// Dense reference: y (B, T, nh·hd) and dqkv for the loss Σ y ⊙ w, from the document ids.
+static void reference(const Case& c, const std::vector<double>& qkv, const std::vector<int>& doc,
+                      const std::vector<double>& w, std::vector<double>& y, std::vector<double>& dqkv) {
+    int width = (c.nh + 2 * c.nkv) * c.hd, g = c.nh / c.nkv;
+    double scale = 1.0 / std::sqrt((double)c.hd);
+    y.assign((size_t)c.b * c.t * c.nh * c.hd, 0.0);
+    dqkv.assign(qkv.size(), 0.0);
+    for (int b = 0; b < c.b; b++)
+        for (int h = 0; h < c.nh; h++) {
+            int kh = h / g;
+            auto at = [&](int i, int slot) { return ((size_t)b * c.t + i) * width + (size_t)slot * c.hd; };
+            auto yat = [&](int i) { return ((size_t)b * c.t + i) * c.nh * c.hd + (size_t)h * c.hd; };
+            for (int i = 0; i < c.t; i++) {
+                std::vector<double> p(c.t, 0.0);
+                double mx = -INFINITY;
+                for (int j = 0; j <= i; j++) {
+                    if (doc[b * c.t + j] != doc[b * c.t + i]) continue;
+                    double s = 0;
+                    for (int d = 0; d < c.hd; d++) s += qkv[at(i, h) + d] * qkv[at(j, c.nh + kh) + d];
+                    p[j] = s * scale;
+                    mx = std::max(mx, p[j]);
+                }
+                double sum = 0;
+                for (int j = 0; j <= i; j++) {
+                    bool seen = doc[b * c.t + j] == doc[b * c.t + i];
+                    p[j] = seen ? std::exp(p[j] - mx) : 0.0;
+                    sum += p[j];
+                }
+                for (int j = 0; j <= i; j++) p[j] /= sum;
+                for (int j = 0; j <= i; j++)
+                    for (int d = 0; d < c.hd; d++) y[yat(i) + d] += p[j] * qkv[at(j, c.nh + c.nkv + kh) + d];
+                // dp_j = w_i · v_j, ds_j = p_j (dp_j − Σ p dp); dq, dk, dv.
+                std::vector<double> dp(c.t, 0.0);
+                double D = 0;
+                for (int j = 0; j <= i; j++) {
+                    for (int d = 0; d < c.hd; d++) dp[j] += w[yat(i) + d] * qkv[at(j, c.nh + c.nkv + kh) + d];
+                    D += p[j] * dp[j];
+                }
+                for (int j = 0; j <= i; j++) {
+                    double ds = p[j] * (dp[j] - D) * scale;
+                    for (int d = 0; d < c.hd; d++) {
+                        dqkv[at(i, h) + d] += ds * qkv[at(j, c.nh + kh) + d];
+                        dqkv[at(j, c.nh + kh) + d] += ds * qkv[at(i, h) + d];
+                        dqkv[at(j, c.nh + c.nkv + kh) + d] += p[j] * w[yat(i) + d];
+                    }
+                }
+            }
+        }
+}
+
+template <typename T>
+static double run(const Case& c, const std::vector<double>& qkv64, const std::vector<unsigned>& start,
+                  const std::vector<double>& w64, const std::vector<double>& y_ref,
+                  const std::vector<double>& d_ref,
+                  void (*fwd)(const T*, const unsigned*, T*, int, int, int, int, float, long),
+                  void (*bq)(const T*, const T*, const unsigned*, T*, float*, float*, int, int, int, int, float, long),
+                  void (*bkv)(const T*, const T*, const unsigned*, const float*, const float*, T*, int, int, int, int, float, long)) {
+    auto to = [](const std::vector<double>& x) {
+        std::vector<T> v(x.size());
+        for (size_t i = 0; i < x.size(); i++) store(v.data(), (long)i, (float)x[i]);
+        return v;
+    };
+    std::vector<T> qkv = to(qkv64), w = to(w64);
+    std::vector<T> y(y_ref.size()), dqkv(qkv.size());
+    long nq = (long)c.b * c.nh * c.t, nk = (long)c.b * c.nkv * c.t;
+    std::vector<float> lse(nq), dsum(nq);
+    float scale = 1.0f / std::sqrt((float)c.hd);
+    // The kernels take the gradient of y: here w itself (the loss is Σ y ⊙ w). NaN everywhere
+    // first, so that a number a kernel does not write shows.
+    for (size_t i = 0; i < y.size(); i++) store(y.data(), (long)i, NAN);
+    for (size_t i = 0; i < dqkv.size(); i++) store(dqkv.data(), (long)i, NAN);
+    launch_warps(nq, [&] { fwd(qkv.data(), start.data(), y.data(), c.t, c.nh, c.nkv, c.hd, scale, nq); });
+    launch_warps(nq, [&] { bq(qkv.data(), w.data(), start.data(), dqkv.data(), lse.data(), dsum.data(), c.t, c.nh, c.nkv, c.hd, scale, nq); });
+    launch_warps(nk, [&] { bkv(qkv.data(), w.data(), start.data(), lse.data(), dsum.data(), dqkv.data(), c.t, c.nh, c.nkv, c.hd, scale, nk); });
+    double err = 0;
+    for (size_t i = 0; i < y.size(); i++) err = std::max(err, std::fabs(load(y.data(), (long)i) - y_ref[i]));
+    for (size_t i = 0; i < dqkv.size(); i++) err = std::max(err, std::fabs(load(dqkv.data(), (long)i) - d_ref[i]));
+    return std::isnan(err) ? INFINITY : err;
+}
+
+int main() {
+    // Grouped heads and hd 40 (lanes past the head); the seed model's 128; 130 (a fifth number
+    // per lane); one key/value head for four queries.
+    Case cases[] = {{2, 13, 4, 2, 40}, {1, 9, 4, 4, 128}, {1, 11, 2, 2, 130}, {2, 7, 4, 1, 32}};
+    uint64_t seed = 7;
+    int failed = 0;
+    for (const Case& c : cases) {
+        int width = (c.nh + 2 * c.nkv) * c.hd;
+        std::vector<double> qkv((size_t)c.b * c.t * width), w((size_t)c.b * c.t * c.nh * c.hd);
+        for (auto& x : qkv) x = next_normal(seed);
+        for (auto& x : w) x = next_normal(seed);
+        // Stories: a new one at a few positions of each row (as the loader's document ids).
+        std::vector<int> doc(c.b * c.t);
+        std::vector<unsigned> start(c.b * c.t);
+        for (int b = 0; b < c.b; b++)
+            for (int i = 0; i < c.t; i++) {
+                int k = b * c.t + i;
+                bool new_story = i > 0 && (i * (b + 3)) % 5 == 0;
+                doc[k] = i == 0 ? 0 : doc[k - 1] + (new_story ? 1 : 0);
+                start[k] = i == 0 || new_story ? i : start[k - 1];
+            }
+        std::vector<double> y_ref, d_ref;
+        reference(c, qkv, doc, w, y_ref, d_ref);
+        double e32 = run<float>(c, qkv, start, w, y_ref, d_ref, attention_forward_f32, attention_backward_q_f32, attention_backward_kv_f32);
+        double e16 = run<bf16>(c, qkv, start, w, y_ref, d_ref, attention_forward_bf16, attention_backward_q_bf16, attention_backward_kv_bf16);
+        bool ok = e32 < 1e-4 && e16 < 0.1;
+        failed += !ok;
+        std::printf("attention (B %d, T %d, nh %d, nkv %d, hd %d): max error f32 %.2e, bf16 %.2e %s\n",
+                    c.b, c.t, c.nh, c.nkv, c.hd, e32, e16, ok ? "ok" : "FAILED");
+    }
+    return failed ? 1 : 0;
+}
