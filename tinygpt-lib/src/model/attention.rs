@@ -161,8 +161,9 @@ impl Attention {
 pub enum Mask {
     /// An additive mask `(B or 1, 1, T, T_past + T)`: 0 where a token may look, −∞ where not.
     Additive(Tensor),
-    /// Training and evaluation on the CPU: each token sees its own story up to itself, and the
-    /// fused kernel reads where each story starts instead of a `(T, T)` mask.
+    /// Training and evaluation where the fused kernel runs (the CPU; a CUDA GPU when opted in,
+    /// see [`fused_attention::available`]): each token sees its own story up to itself, and the
+    /// kernel reads where each story starts instead of a `(T, T)` mask.
     Documents(Documents),
 }
 

@@ -46,8 +46,9 @@ use crate::Result;
 /// on a CUDA GPU, f32 or bf16 when the environment says `TINYGPT_CUDA_ATTENTION=fused`.
 ///
 /// The CUDA kernels (`fused.cu`, one warp per query or key, flash style: no `(B, nh, T, T)`
-/// tensors) are opt-in until a GPU run has checked them: `tests/cuda.rs` compares them with the
-/// composed attention in value and gradient, and `scripts/gpu-check.sh` times both.
+/// tensors) are opt-in until a GPU run has checked them: `tests/cuda.rs` compares them with this
+/// CPU kernel in value and gradient, and `scripts/gpu-check.sh` times the step with and without
+/// them. (CI already runs their source on the CPU under an emulation: `tests/cuda_emulated`.)
 pub fn available(device: &candle_core::Device, dtype: DType) -> bool {
     match device {
         candle_core::Device::Cpu => matches!(dtype, DType::F32 | DType::F64),
