@@ -930,6 +930,82 @@ fn fused_cpu_attention_and_norms_equal_the_composed_formulas_in_value_and_gradie
     assert!(close(&y, &[-s, 0.0, s]), "{y:?}");
 }
 
+/// The fused CPU attention where its kernels take their widest passes: stories of up to 100
+/// tokens (a query sees up to seven runs of 16 keys: passes of three, two and one) and heads of
+/// 40 and 72 numbers (three and five runs). Against dense attention written here with plain
+/// tensor operations: every score, the document-causal mask added, a softmax, the values mixed.
+#[test]
+fn fused_cpu_attention_equals_dense_attention_for_long_stories_and_wide_heads() {
+    use model::fused_attention::{attention, Documents};
+    use tinygpt::candle_core::D;
+
+    let dev = Device::Cpu;
+    let t = 100;
+    // Row 0: stories of 70 and 30 tokens. Row 1: a story that starts at 5 and runs to the end.
+    let ids: Vec<u32> = (0..t as u32)
+        .map(|i| u32::from(i >= 70))
+        .chain((0..t as u32).map(|i| u32::from(i >= 5)))
+        .collect();
+    let doc = Tensor::from_vec(ids.clone(), (2, t), &dev).unwrap();
+    let docs = Documents::new(&doc).unwrap();
+    let mask: Vec<f64> = (0..2 * t * t)
+        .map(|n| {
+            let (b, i, j) = (n / (t * t), n / t % t, n % t);
+            let same = ids[b * t + i] == ids[b * t + j];
+            if same && j <= i {
+                0.0
+            } else {
+                -1e30
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (2, 1, t, t), &dev).unwrap();
+
+    for (nh, nkv, hd) in [(4, 2, 72), (2, 2, 40)] {
+        let width = (nh + 2 * nkv) * hd;
+        let qkv =
+            Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, t, width), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f64, 1.0, (2, t, nh * hd), &dev).unwrap();
+        // (B, T, n·hd) → (B, nh, T, hd), key/value heads repeated for the query heads they serve.
+        let heads = |from: usize, n: usize| {
+            let x = qkv.narrow(2, from * hd, n * hd).unwrap();
+            let x = x.reshape((2, t, n, hd)).unwrap().transpose(1, 2).unwrap();
+            let x = x
+                .unsqueeze(2)
+                .unwrap()
+                .repeat((1, 1, nh / n, 1, 1))
+                .unwrap();
+            x.reshape((2, nh, t, hd)).unwrap().contiguous().unwrap()
+        };
+        let (q, k, v) = (heads(0, nh), heads(nh, nkv), heads(nh + nkv, nkv));
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
+        let scores = scores.broadcast_add(&mask).unwrap();
+        let shifted = scores
+            .broadcast_sub(&scores.max_keepdim(D::Minus1).unwrap().detach())
+            .unwrap();
+        let e = shifted.exp().unwrap();
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+        let dense = p.matmul(&v).unwrap().transpose(1, 2).unwrap();
+        let dense = dense.reshape((2, t, nh * hd)).unwrap();
+        let fused = attention(&qkv, &docs, nh, nkv).unwrap();
+        let diff = max_abs_diff(&fused, &dense);
+        assert!(
+            diff < 1e-12,
+            "nh {nh}, nkv {nkv}, hd {hd}: outputs differ by {diff}"
+        );
+
+        let grad = |y: &Tensor| {
+            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(&qkv).unwrap().clone()
+        };
+        let diff = max_abs_diff(&grad(&fused), &grad(&dense));
+        assert!(
+            diff < 1e-11,
+            "nh {nh}, nkv {nkv}, hd {hd}: gradients differ by {diff}"
+        );
+    }
+}
+
 /// The embedding table's gradient, hand-computed: each row receives the sum of the gradients of
 /// the positions that looked it up. The backward of `sum_all` is a *broadcast* tensor of ones
 /// (not contiguous): the patched backward in vendor/candle-core must still hand `index_add` a

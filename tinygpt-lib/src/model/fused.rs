@@ -80,19 +80,32 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// `#[inline(always)]`, so their code lands inside these functions and is compiled with the
 /// wider instructions. The wide versions are never inlined into their callers, so that a kernel
 /// called from another kernel stays a small function of its own.
+///
+/// The second form names a constant that the body may use, the number of registers' worth of
+/// running sums a kernel can keep: `$regs` is 3 in the AVX-512 version (32 vector registers) and
+/// 1 in the others (AVX2 has 16, each half as wide, so one set of sums already fills half).
 macro_rules! vectorized {
     ($name:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $body:expr) => {
+        vectorized!($name, _REGS, ($($arg: $ty),*) -> $ret, $body);
+    };
+    ($name:ident, $regs:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $body:expr) => {
         fn $name<T: Real>($($arg: $ty),*) -> $ret {
+            #[allow(dead_code)]
+            const $regs: usize = 1;
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
                 #[inline(never)]
                 fn avx512<T: Real>($($arg: $ty),*) -> $ret {
+                    #[allow(dead_code)]
+                    const $regs: usize = 3;
                     $body
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[inline(never)]
                 fn avx2<T: Real>($($arg: $ty),*) -> $ret {
+                    #[allow(dead_code)]
+                    const $regs: usize = 1;
                     $body
                 }
                 if std::is_x86_feature_detected!("avx512f") {

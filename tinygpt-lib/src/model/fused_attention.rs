@@ -31,6 +31,9 @@
 //! big tensors. The sums run four queries at a time, like a matrix product's inner kernel,
 //! so that each key and value loaded serves four queries (see [`Task`]): about twice as fast
 //! as one query at a time on the 2-core CPU (from a quarter of a training step to a seventh).
+//! With AVX-512 they also run three chunks of 16 keys (or of a head's numbers) at a time, so
+//! that each query number loaded serves 48 of them: with one chunk, the loads set the pace
+//! (`perf`: the three kernels from 9.2% to 6.0% of a `small` training step's samples).
 //! Tests check it against the composed attention in value and gradient, and by finite
 //! differences through the whole model.
 
@@ -403,11 +406,37 @@ impl<'a, T: Real> Task<'a, T> {
     }
 }
 
+/// `0..n` (a multiple of [`L`]) as passes `(start, chunks)` of `chunks` runs of `L` numbers:
+/// `most` at a time while they fit, then two, then one.
+fn passes(n: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let left = (n - at) / L;
+        let chunks = if left >= most { most } else { left.min(2) };
+        (chunks > 0).then(|| {
+            at += chunks * L;
+            (at - chunks * L, chunks)
+        })
+    })
+}
+
+/// Calls `$f::<T, C>($args)` with the const `C` equal to `$chunks` (1, 2 or 3).
+macro_rules! with_chunks {
+    ($chunks:expr, $f:ident($($arg:expr),*)) => {
+        match $chunks {
+            3 => $f::<T, 3>($($arg),*),
+            2 => $f::<T, 2>($($arg),*),
+            _ => $f::<T, 1>($($arg),*),
+        }
+    };
+}
+
 /// `out[r][c] = Σ_d a[r][d] · mt[d][col0 + c]` for `c < width` (a multiple of `L`): the `R`
 /// rows of `a` `(R, hd)` against the columns `col0..col0 + width` of a transposed matrix `mt`
-/// `(hd, cols)`. `out` is `(R, cols)`.
+/// `(hd, cols)`. `out` is `(R, cols)`. `REGS` chunks of `L` columns at a time (see
+/// [`vectorized`]).
 #[inline(always)]
-fn scores_kernel<T: Real>(
+fn scores_kernel<T: Real, const REGS: usize>(
     a: &[T],
     mt: &[T],
     cols: usize,
@@ -415,28 +444,47 @@ fn scores_kernel<T: Real>(
     width: usize,
     out: &mut [T],
 ) {
+    for (c, chunks) in passes(width, REGS) {
+        with_chunks!(chunks, scores_pass(a, mt, cols, col0, c, out));
+    }
+}
+
+/// One pass of [`scores_kernel`]: columns `c..c + C·L`, their `R × C·L` sums in registers.
+/// For every `d`, `C` loads of `mt` and `R` of `a` feed `R·C` multiply-adds: with `C = 1` the
+/// loads, not the arithmetic, set the pace.
+#[inline(always)]
+fn scores_pass<T: Real, const C: usize>(
+    a: &[T],
+    mt: &[T],
+    cols: usize,
+    col0: usize,
+    c: usize,
+    out: &mut [T],
+) {
     let hd = a.len() / R;
-    for c in (0..width).step_by(L) {
-        let mut acc = [[T::zero(); L]; R];
-        for d in 0..hd {
-            let m: &[T; L] = mt[d * cols + col0 + c..][..L].try_into().unwrap();
-            for r in 0..R {
-                let a_rd = a[r * hd + d];
+    let mut acc = [[[T::zero(); L]; C]; R];
+    for d in 0..hd {
+        let row = &mt[d * cols + col0 + c..];
+        let m: [[T; L]; C] = std::array::from_fn(|j| row[j * L..][..L].try_into().unwrap());
+        for r in 0..R {
+            let a_rd = a[r * hd + d];
+            for j in 0..C {
                 for l in 0..L {
-                    acc[r][l] = a_rd.mul_add(m[l], acc[r][l]);
+                    acc[r][j][l] = a_rd.mul_add(m[j][l], acc[r][j][l]);
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            out[r * cols + c..][..L].copy_from_slice(acc);
-        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        out[r * cols + c..][..C * L].copy_from_slice(acc.as_flattened());
     }
 }
 
 /// `out[r] = Σ_c w[r][c] · m[row0 + c]` for `c < width`: `R` weightings of the rows
-/// `row0..row0 + width` of `m` `(cols, hdp)`. `w` is `(R, cols)`, `out` `(R, hdp)`.
+/// `row0..row0 + width` of `m` `(cols, hdp)`. `w` is `(R, cols)`, `out` `(R, hdp)`. `REGS`
+/// chunks of `L` of the `hdp` numbers at a time.
 #[inline(always)]
-fn mix_kernel<T: Real>(
+fn mix_kernel<T: Real, const REGS: usize>(
     w: &[T],
     cols: usize,
     width: usize,
@@ -445,27 +493,47 @@ fn mix_kernel<T: Real>(
     row0: usize,
     out: &mut [T],
 ) {
-    for d0 in (0..hdp).step_by(L) {
-        let mut acc = [[T::zero(); L]; R];
-        for c in 0..width {
-            let row: &[T; L] = m[(row0 + c) * hdp + d0..][..L].try_into().unwrap();
-            for r in 0..R {
-                let w_rc = w[r * cols + c];
+    for (d0, chunks) in passes(hdp, REGS) {
+        with_chunks!(chunks, mix_pass(w, cols, width, m, hdp, row0, d0, out));
+    }
+}
+
+/// One pass of [`mix_kernel`]: the numbers `d0..d0 + C·L` of each output row.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn mix_pass<T: Real, const C: usize>(
+    w: &[T],
+    cols: usize,
+    width: usize,
+    m: &[T],
+    hdp: usize,
+    row0: usize,
+    d0: usize,
+    out: &mut [T],
+) {
+    let mut acc = [[[T::zero(); L]; C]; R];
+    for c in 0..width {
+        let row = &m[(row0 + c) * hdp + d0..];
+        let row: [[T; L]; C] = std::array::from_fn(|j| row[j * L..][..L].try_into().unwrap());
+        for r in 0..R {
+            let w_rc = w[r * cols + c];
+            for j in 0..C {
                 for l in 0..L {
-                    acc[r][l] = w_rc.mul_add(row[l], acc[r][l]);
+                    acc[r][j][l] = w_rc.mul_add(row[j][l], acc[r][j][l]);
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            out[r * hdp + d0..][..L].copy_from_slice(acc);
-        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        out[r * hdp + d0..][..C * L].copy_from_slice(acc.as_flattened());
     }
 }
 
 /// `mt[d][col0 + c] += Σ_r a[r][d] · w[r][c]` for `c < width`: the `R` rank-one updates of a
-/// transposed gradient `mt` `(hd, cols)` by a tile, `a` `(R, hd)`, `w` `(R, cols)`.
+/// transposed gradient `mt` `(hd, cols)` by a tile, `a` `(R, hd)`, `w` `(R, cols)`. `REGS`
+/// chunks of `L` columns at a time.
 #[inline(always)]
-fn accumulate_kernel<T: Real>(
+fn accumulate_kernel<T: Real, const REGS: usize>(
     mt: &mut [T],
     cols: usize,
     col0: usize,
@@ -473,29 +541,47 @@ fn accumulate_kernel<T: Real>(
     a: &[T],
     w: &[T],
 ) {
+    for (c, chunks) in passes(width, REGS) {
+        with_chunks!(chunks, accumulate_pass(mt, cols, col0, c, a, w));
+    }
+}
+
+/// One pass of [`accumulate_kernel`]: columns `c..c + C·L`, the tile's `R × C·L` weights in
+/// registers while each row `d` of `mt` is read, updated and written back.
+#[inline(always)]
+fn accumulate_pass<T: Real, const C: usize>(
+    mt: &mut [T],
+    cols: usize,
+    col0: usize,
+    c: usize,
+    a: &[T],
+    w: &[T],
+) {
     let hd = a.len() / R;
-    for c in (0..width).step_by(L) {
-        let w: [[T; L]; R] = std::array::from_fn(|r| w[r * cols + c..][..L].try_into().unwrap());
-        for d in 0..hd {
-            let out: &mut [T; L] = (&mut mt[d * cols + col0 + c..][..L]).try_into().unwrap();
-            let mut acc = *out;
-            for r in 0..R {
-                let a_rd = a[r * hd + d];
+    let w: [[[T; L]; C]; R] = std::array::from_fn(|r| {
+        std::array::from_fn(|j| w[r * cols + c + j * L..][..L].try_into().unwrap())
+    });
+    for d in 0..hd {
+        let out = &mut mt[d * cols + col0 + c..][..C * L];
+        let mut acc: [[T; L]; C] = std::array::from_fn(|j| out[j * L..][..L].try_into().unwrap());
+        for r in 0..R {
+            let a_rd = a[r * hd + d];
+            for j in 0..C {
                 for l in 0..L {
-                    acc[l] = a_rd.mul_add(w[r][l], acc[l]);
+                    acc[j][l] = a_rd.mul_add(w[r][j][l], acc[j][l]);
                 }
             }
-            *out = acc;
         }
+        out.copy_from_slice(acc.as_flattened());
     }
 }
 
 // Each kernel is a function of its own, compiled for the widest instructions the CPU has: small
 // functions whose running sums and pointers all fit in registers. (Inlined into the one large
 // task function, they reloaded their pointers from the stack at every step of the inner loops.)
-vectorized!(scores, (a: &[T], mt: &[T], cols: usize, col0: usize, width: usize, out: &mut [T]) -> (), scores_kernel(a, mt, cols, col0, width, out));
-vectorized!(mix, (w: &[T], cols: usize, width: usize, m: &[T], hdp: usize, row0: usize, out: &mut [T]) -> (), mix_kernel(w, cols, width, m, hdp, row0, out));
-vectorized!(accumulate, (mt: &mut [T], cols: usize, col0: usize, width: usize, a: &[T], w: &[T]) -> (), accumulate_kernel(mt, cols, col0, width, a, w));
+vectorized!(scores, REGS, (a: &[T], mt: &[T], cols: usize, col0: usize, width: usize, out: &mut [T]) -> (), scores_kernel::<T, REGS>(a, mt, cols, col0, width, out));
+vectorized!(mix, REGS, (w: &[T], cols: usize, width: usize, m: &[T], hdp: usize, row0: usize, out: &mut [T]) -> (), mix_kernel::<T, REGS>(w, cols, width, m, hdp, row0, out));
+vectorized!(accumulate, REGS, (mt: &mut [T], cols: usize, col0: usize, width: usize, a: &[T], w: &[T]) -> (), accumulate_kernel::<T, REGS>(mt, cols, col0, width, a, w));
 
 /// The first `n` columns of `m` `(rows, cols)`, transposed: `(n, rows)`.
 fn transpose<T: Real>(m: &[T], rows: usize, cols: usize, n: usize) -> Vec<T> {
