@@ -83,8 +83,9 @@ JSON
   export EVCXR_TMPDIR="$CACHE/evcxr-build/$lock_hash"
   # A new set of crate versions starts from the newest earlier build folder: cargo then
   # recompiles only what changed instead of everything (its fingerprints keep this correct).
+  # (`|| true`: on a fresh cache there is none, and `ls` fails, which pipefail would make fatal.)
   local newest
-  newest=$(ls -dt "$CACHE"/evcxr-build/*/ 2>/dev/null | head -1)
+  newest=$(ls -dt "$CACHE"/evcxr-build/*/ 2>/dev/null | head -1 || true)
   if [[ ! -d "$EVCXR_TMPDIR" && -n "$newest" ]]; then
     cp -a "${newest%/}" "$EVCXR_TMPDIR"
   fi
