@@ -40,6 +40,9 @@ pub struct TrainBenchOptions {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainBenchReport {
     pub device: String,
+    /// The CPU's f32 matmul library (`gemm` or `mkl`, see `device::cpu_matmul_library`);
+    /// `cuda` on a GPU.
+    pub matmul: String,
     pub dtype: String,
     pub params: usize,
     pub batch_size: usize,
@@ -122,6 +125,10 @@ pub fn train_throughput(o: &TrainBenchOptions) -> crate::Result<TrainBenchReport
     };
     Ok(TrainBenchReport {
         device: format!("{:?}", o.device.location()),
+        matmul: match o.device {
+            Device::Cpu => crate::device::cpu_matmul_library().to_string(),
+            _ => "cuda".to_string(),
+        },
         dtype: format!("{:?}", o.dtype).to_lowercase(),
         params: summary.total,
         batch_size: b,

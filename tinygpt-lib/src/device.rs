@@ -72,6 +72,16 @@ pub fn synchronize(device: &Device) -> Result<()> {
     Ok(device.synchronize()?)
 }
 
+/// Which library computes f32 matrix products on the CPU: the gemm crate (the default), or
+/// Intel MKL with the `mkl` feature (`scripts/mkl-env.sh`). Benchmarks print it.
+pub fn cpu_matmul_library() -> &'static str {
+    if cfg!(feature = "mkl") {
+        "mkl"
+    } else {
+        "gemm"
+    }
+}
+
 /// Turns candle's own CPU thread pool off, so that everything runs on rayon's threads.
 ///
 /// candle 0.11 spreads element-wise operations over a pool of worker threads that *spin* while

@@ -577,8 +577,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let r = tinygpt::bench::train_throughput(&options)?;
             println!(
-                "train {preset} on {} ({}): batch {} x {}, {} params: {:.1} ms/step, {:.0} tokens/s, MFU {:.1}% of {:.1} TFLOP/s (loss {:.3} -> {:.3})",
-                r.device, r.dtype, r.batch_size, r.block_size, r.params, r.step_ms, r.tokens_per_s, 100.0 * r.mfu, r.peak_flops / 1e12, r.first_loss, r.last_loss
+                "train {preset} on {} ({}, matmul: {}): batch {} x {}, {} params: {:.1} ms/step, {:.0} tokens/s, MFU {:.1}% of {:.1} TFLOP/s (loss {:.3} -> {:.3})",
+                r.device, r.dtype, r.matmul, r.batch_size, r.block_size, r.params, r.step_ms, r.tokens_per_s, 100.0 * r.mfu, r.peak_flops / 1e12, r.first_loss, r.last_loss
             );
             if json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -653,7 +653,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let gflops = tinygpt::bench::matmul_gflops(size, repeats)?;
             println!(
-                "matmul {size}x{size}x{size} f32 on CPU: {gflops:.1} GFLOP/s (best of {repeats})"
+                "matmul {size}x{size}x{size} f32 on CPU ({}): {gflops:.1} GFLOP/s (best of {repeats})",
+                tinygpt::device::cpu_matmul_library()
             );
         }
     }

@@ -7,6 +7,8 @@ use half::{bf16, f16, slice::HalfFloatSliceExt, vec::HalfFloatVecExt};
 use rayon::prelude::*;
 
 mod utils;
+#[cfg(feature = "mkl-sgemm")]
+mod mkl_sgemm;
 pub use utils::{
     binary_map, binary_map_vec, binary_map_vec_par, unary_map, unary_map_vec, unary_map_vec_par,
     Map1, Map1Any, Map2, Map2InPlace, Map2U8,
@@ -1514,6 +1516,24 @@ impl Map2 for MatMul {
             let rhs_p = &rhs[step * b_skip..];
             // Within dst's capacity: b * c_skip elements in all.
             let dst_p = unsafe { dst.as_mut_ptr().add(step * c_skip) };
+            // tinygpt's patch: f32 products go to MKL when it is linked in (mkl_sgemm.rs).
+            #[cfg(feature = "mkl-sgemm")]
+            if T::DTYPE == DType::F32 {
+                // SAFETY: T is f32; the operands and dst are valid as for gemm below.
+                let done = unsafe {
+                    mkl_sgemm::sgemm(
+                        (m, n, k),
+                        lhs_p.as_ptr() as *const f32,
+                        (lhs_rs, lhs_cs),
+                        rhs_p.as_ptr() as *const f32,
+                        (rhs_rs, rhs_cs),
+                        dst_p as *mut std::mem::MaybeUninit<f32>,
+                    )
+                };
+                if done {
+                    continue;
+                }
+            }
             unsafe {
                 gemm(
                     /* m: usize = */ m,
