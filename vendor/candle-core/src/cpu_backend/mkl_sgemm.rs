@@ -1,9 +1,9 @@
 //! tinygpt's patch: f32 matrix products through Intel MKL's `cblas_sgemm` (feature `mkl-sgemm`).
 //!
-//! MKL is linked in its sequential (single-threaded) form, and the two or more rayon threads that
-//! run gemm's kernels otherwise each compute a band of the output's rows with one call. No OpenMP
-//! runtime is involved, so no OpenMP threads spin between products and take the cores that
-//! candle's element-wise operations and tinygpt's kernels run on (also on rayon's threads).
+//! MKL is linked in its sequential (single-threaded) form: each of rayon's threads (the threads
+//! that run gemm's kernels without this feature) computes a band of the output's rows with one
+//! call. No OpenMP runtime is involved, so no OpenMP threads spin between products and take the
+//! cores that candle's element-wise operations and tinygpt's kernels run on (also rayon's).
 //!
 //! This crate only declares `cblas_sgemm`: the final binary must link MKL's static libraries
 //! `mkl_intel_lp64`, `mkl_sequential` and `mkl_core` (tinygpt's `build.rs` does, from the folder
