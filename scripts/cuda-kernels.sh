@@ -5,7 +5,7 @@
 # Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX, and the
 # attention kernels, run on the CPU by a small CUDA emulation (tests/cuda_emulated: one thread
 # per lane, shuffles through barriers), must equal dense attention in value and gradient.
-# CI runs it next to scripts/cuda-check.sh (which type-checks the Rust side), so that neither
+# CI runs it next to scripts/cuda-check.sh (which builds the Rust side), so that neither
 # half of the GPU path can rot unseen. The compiler comes from scripts/cuda-env.sh (PyPI wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."

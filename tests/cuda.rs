@@ -1,5 +1,7 @@
 //! The model on a CUDA GPU, against the same model on the CPU. Compiled only with
-//! `--features cuda` (run by `scripts/gpu-check.sh` on a GPU machine).
+//! `--features cuda` (run by `scripts/gpu-check.sh` on a GPU machine). Run them one at a time
+//! (`--test-threads 1`, as the script does): they share one GPU, and one of them flips the
+//! process-wide TF32 setting that the exact f32 comparisons of the others must not see.
 #![cfg(feature = "cuda")]
 
 use tinygpt::candle_core::{DType, Device, Tensor};
@@ -434,4 +436,41 @@ fn fused_cuda_attention_equals_the_cpu_kernel_in_value_and_gradient() {
             );
         }
     }
+}
+
+#[test]
+fn a_gpu_opened_by_parse_device_computes_f32_products_in_tf32() {
+    use tinygpt::device::{allow_tf32, parse_device};
+    let dev = parse_device("cuda:0").unwrap(); // turns TF32 on (TINYGPT_TF32 unset)
+    let cpu = Device::Cpu;
+    let a = Tensor::randn(0f32, 1.0, (256, 512), &cpu).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (512, 256), &cpu).unwrap();
+    let (ga, gb) = (a.to_device(&dev).unwrap(), b.to_device(&dev).unwrap());
+    let fast = ga.matmul(&gb).unwrap();
+    allow_tf32(false);
+    let exact = ga.matmul(&gb).unwrap();
+    let reference = a.matmul(&b).unwrap();
+    assert!(
+        max_abs_diff(&exact, &reference) < 1e-3,
+        "exact f32 on the GPU"
+    );
+    // TF32 keeps 10 of f32's 23 mantissa bits: the products differ from exact f32 ...
+    let diff = (fast.to_device(&cpu).unwrap() - &reference)
+        .unwrap()
+        .abs()
+        .unwrap();
+    let max = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(max > 1e-4, "TF32 is off: the products are exact ({max})");
+    // ... by at most the rounding of both inputs to TF32 (under 2⁻¹⁰ relative each, even if the
+    // hardware truncates): |Δ(a b)_ij| ≤ Σ_k |a_ik| |b_kj| · 2⁻⁹, plus f32's own rounding.
+    let bound = (a.abs().unwrap().matmul(&b.abs().unwrap()).unwrap() * 2f64.powi(-9))
+        .unwrap()
+        .affine(1.0, 1e-3)
+        .unwrap();
+    let over = diff.gt(&bound).unwrap().to_dtype(DType::F32).unwrap();
+    let over = over.sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(
+        over, 0.0,
+        "TF32 products off by more than the input rounding"
+    );
 }
