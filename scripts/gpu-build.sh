@@ -19,5 +19,7 @@ strip gpu/stage/tinygpt gpu/stage/cuda-tests
 cargo build -q -p tinygpt --bin tinygpt   # the CPU debug build: it runs here
 target/debug/tinygpt prepare --source "${TINYGPT_SHARED:-../shared}/data/tinystories" \
   --tokenizer "${TINYGPT_SHARED:-../shared}/data/tokenizers/gpt2/tokenizer.json" --out gpu/stage/data --quiet
+# Which source the bundle was built from, so that a later session can tell whether it is stale.
+echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!gpu' || echo ' (with uncommitted changes)')" > gpu/stage/commit
 tar czf gpu/tinygpt-gpu.tar.gz -C gpu/stage .
 ls -la gpu/tinygpt-gpu.tar.gz

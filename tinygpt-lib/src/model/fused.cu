@@ -11,12 +11,13 @@ __device__ __forceinline__ float load(const bf16* p, long i) {
     return __uint_as_float(((unsigned int)p[i]) << 16);
 }
 __device__ __forceinline__ void store(float* p, long i, float x) { p[i] = x; }
-__device__ __forceinline__ void store(bf16* p, long i, float x) {
+__device__ __forceinline__ bf16 to_bf16(float x) {
     unsigned int u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = 0x7fc0; return; }  // NaN stays NaN
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays NaN
     u += 0x7fffu + ((u >> 16) & 1u);
-    p[i] = (bf16)(u >> 16);
+    return (bf16)(u >> 16);
 }
+__device__ __forceinline__ void store(bf16* p, long i, float x) { p[i] = to_bf16(x); }
 
 #define NEG_INF __int_as_float(0xff800000)
 
@@ -307,6 +308,35 @@ extern "C" __global__ void embedding_backward(const unsigned int* ids, const flo
     }
 }
 
+// Dynamic shared memory (its size is given at launch), for the kernels below that carve it up.
+extern __shared__ uint4 smem[];
+
+// start[b·T + i] = where token i's story begins in row b (the loader numbers a row's stories in
+// order, so a story starts wherever the id changes): the running maximum over the row of
+// "i if doc[i] ≠ doc[i − 1], else 0". One block of SCAN threads per row takes SCAN positions at
+// a time: Hillis & Steele's scan in shared memory, log2(SCAN) steps, then the carry.
+#define SCAN 256
+extern "C" __global__ void document_starts(const unsigned int* doc, unsigned int* start, int t) {
+    unsigned int* run = (unsigned int*)smem;  // SCAN numbers
+    const unsigned int* d = doc + (long)blockIdx.x * t;
+    unsigned int* s = start + (long)blockIdx.x * t;
+    unsigned int carry = 0, x = threadIdx.x;
+    for (int i0 = 0; i0 < t; i0 += SCAN) {
+        int i = i0 + (int)x;
+        run[x] = i < t && i > 0 && d[i] != d[i - 1] ? (unsigned int)i : 0u;
+        __syncthreads();
+        for (unsigned int o = 1; o < SCAN; o <<= 1) {
+            unsigned int before = x >= o ? run[x - o] : 0u;
+            __syncthreads();
+            if (before > run[x]) run[x] = before;
+            __syncthreads();
+        }
+        if (i < t) s[i] = run[x] > carry ? run[x] : carry;
+        if (run[SCAN - 1] > carry) carry = run[SCAN - 1];
+        __syncthreads();  // everyone has read run[SCAN − 1] before the next chunk overwrites it
+    }
+}
+
 // Document-masked causal attention (model/fused_attention.rs), flash style: the (T, T) scores
 // are never stored. qkv is c_attn's output (B, T, (nh + 2·nkv)·hd): token i's query head h at
 // h·hd, key head kh at (nh + kh)·hd, value head at (nh + nkv + kh)·hd; query head h uses key and
@@ -478,3 +508,409 @@ extern "C" __global__ void attention_backward_kv_f32(const float* qkv, const flo
 extern "C" __global__ void attention_backward_kv_bf16(const bf16* qkv, const bf16* dy, const unsigned int* start, const float* lse, const float* dsum, bf16* dqkv, int t, int nh, int nkv, int hd, float scale, long n) {
     attention_backward_kv(qkv, dy, start, lse, dsum, dqkv, t, nh, nkv, hd, scale, n);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same attention on tensor cores: bf16, heads of 64 or 128 numbers, compute capability 8.0
+// and later (A100, RTX 30xx/40xx, H100/H200), FlashAttention-2 style (Dao 2023). A block of
+// MMA_WARPS warps takes MMA_ROWS queries (forward, backward_q) or keys (backward_kv) of one head;
+// each warp owns 16 of them and multiplies tiles with `mma.sync` (16×16 bf16 times 16×8 bf16,
+// sums in f32) while the block walks over the other side's tokens in tiles copied to shared
+// memory: only the tiles that hold keys of the block's stories. Scores are kept in base 2
+// (s · log2(e), so that exp2f is one instruction); lse holds log2 Σ 2^s.
+//
+// Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"): lane l of a warp, g = l / 4 and
+// c = l % 4, holds of A (16×16) a[0] = row g, columns 2c and 2c+1 (two bf16 in a u32, the first
+// in the low half), a[1] = row g+8, a[2] = row g, columns 2c+8 and 2c+9, a[3] = row g+8, same;
+// of B (16×8) b[0] = rows 2c and 2c+1 of column g, b[1] = rows 2c+8 and 2c+9; of the f32
+// product C (16×8) d[0], d[1] = row g, columns 2c and 2c+1, d[2], d[3] = row g+8. So the
+// products of two neighbouring 8-column tiles are, rounded to bf16, the A operand of a next
+// product (c_to_a): that is how p feeds p·v without leaving the registers.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+
+#define MMA_WARPS 4
+#define MMA_ROWS (16 * MMA_WARPS)
+#define LOG2E 1.4426950408889634f
+
+#ifdef TINYGPT_EMULATED  // tests/cuda_emulated runs this file on a CPU; emulate.h has mma_16816
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) { return to_bf16(lo) | ((unsigned)to_bf16(hi) << 16); }
+__device__ __forceinline__ unsigned ld32(const bf16* p) { return p[0] | ((unsigned)p[1] << 16); }
+__device__ __forceinline__ void st32(bf16* p, unsigned v) { p[0] = (bf16)v; p[1] = (bf16)(v >> 16); }
+__device__ __forceinline__ void copy16(bf16* to, const bf16* from) { for (int e = 0; e < 8; e++) to[e] = from[e]; }
+__device__ __forceinline__ void zero16(bf16* to) { for (int e = 0; e < 8; e++) to[e] = 0; }
+#else
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ unsigned ld32(const bf16* p) { return *(const unsigned*)p; }
+__device__ __forceinline__ void st32(bf16* p, unsigned v) { *(unsigned*)p = v; }
+__device__ __forceinline__ void copy16(bf16* to, const bf16* from) { *(uint4*)to = *(const uint4*)from; }
+__device__ __forceinline__ void zero16(bf16* to) { *(uint4*)to = make_uint4(0, 0, 0, 0); }
+// d (16×8, f32) += a (16×16, bf16) · b (16×8, bf16).
+__device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+__device__ __forceinline__ float bf16_lo(unsigned u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float bf16_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
+
+__device__ __forceinline__ float quad_max(float v) {  // over the four lanes of a row (same g)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The A operand from a row-major bf16 matrix at p (row stride ld): rows 0..15, columns 0..15;
+// rows n and past are zeros.
+__device__ __forceinline__ void load_a(const bf16* p, long ld, int n, unsigned* a) {
+    int g = (threadIdx.x & 31) >> 2, c = threadIdx.x & 3;
+    const bf16* r0 = p + g * ld + 2 * c;
+    const bf16* r8 = r0 + 8 * ld;
+    a[0] = g < n ? ld32(r0) : 0u;
+    a[1] = g + 8 < n ? ld32(r8) : 0u;
+    a[2] = g < n ? ld32(r0 + 8) : 0u;
+    a[3] = g + 8 < n ? ld32(r8 + 8) : 0u;
+}
+
+// The B operand B[k][n] = m[n·ld + k] (eight rows of m, 16 numbers each): the transpose of a
+// row-major tile, as in q·kᵀ.
+__device__ __forceinline__ void load_bt(const bf16* m, int ld, unsigned* b) {
+    int g = (threadIdx.x & 31) >> 2, c = threadIdx.x & 3;
+    const bf16* p = m + g * ld + 2 * c;
+    b[0] = ld32(p);
+    b[1] = ld32(p + 8);
+}
+
+// The B operand B[k][n] = m[k·ld + n] (16 rows of m, eight columns): a row-major tile itself,
+// as in p·v. Its pairs lie in two rows: two 16-bit loads per register.
+__device__ __forceinline__ void load_b(const bf16* m, int ld, unsigned* b) {
+    int g = (threadIdx.x & 31) >> 2, c = threadIdx.x & 3;
+    const bf16* p = m + 2 * c * ld + g;
+    b[0] = p[0] | ((unsigned)p[ld] << 16);
+    b[1] = p[8 * ld] | ((unsigned)p[9 * ld] << 16);
+}
+
+// Two neighbouring 8-column products (16×16 in all), rounded to bf16, as an A operand.
+__device__ __forceinline__ void c_to_a(const float* x0, const float* x1, unsigned* a) {
+    a[0] = pack_bf16(x0[0], x0[1]);
+    a[1] = pack_bf16(x0[2], x0[3]);
+    a[2] = pack_bf16(x1[0], x1[1]);
+    a[3] = pack_bf16(x1[2], x1[3]);
+}
+
+// Copies the heads of tokens j0 .. j0 + rows − 1 (HD numbers each, token j's at base + j·stride;
+// zeros past t) into a shared tile of row stride HD + 8: the padding puts the rows of a column
+// in different memory banks. The whole block takes part.
+template <int HD>
+__device__ void load_tile(bf16* tile, int rows, const bf16* base, long stride, int j0, int t) {
+    for (int e = threadIdx.x; e < rows * (HD / 8); e += blockDim.x) {
+        int r = e / (HD / 8), d = e % (HD / 8) * 8;
+        if (j0 + r < t) copy16(tile + r * (HD + 8) + d, base + (j0 + r) * stride + d);
+        else zero16(tile + r * (HD + 8) + d);
+    }
+}
+
+// s (16 × 8·N) = the warp's queries (A fragments qa) · the tile's keys (ks, N·8 rows)ᵀ.
+template <int HD, int N>
+__device__ __forceinline__ void scores(unsigned (*qa)[4], const bf16* ks, float (*s)[4]) {
+#pragma unroll
+    for (int n = 0; n < N; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < HD / 16; k++)
+#pragma unroll
+        for (int n = 0; n < N; n++) {
+            unsigned b[2];
+            load_bt(ks + n * 8 * (HD + 8) + 16 * k, HD + 8, b);
+            mma_16816(s[n], qa[k], b);
+        }
+}
+
+// acc (16 × HD) += x (16 × 16·K, products in C layout) · m (16·K rows of a shared tile).
+template <int HD, int K>
+__device__ __forceinline__ void mix(float (*x)[4], const bf16* m, float (*acc)[4]) {
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        unsigned a[4];
+        c_to_a(x[2 * k], x[2 * k + 1], a);
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++) {
+            unsigned b[2];
+            load_b(m + 16 * k * (HD + 8) + 8 * d, HD + 8, b);
+            mma_16816(acc[d], a, b);
+        }
+    }
+}
+
+// Who sees whom, for the lane's entries of a 16 × 8·N tile of scores: query rows[r] (r = 0 for
+// d[0], d[1], 1 for d[2], d[3]) sees key j when from[r] ≤ j ≤ rows[r]. Others become −∞; the
+// rest are scaled to base 2.
+template <int N>
+__device__ __forceinline__ void mask_scores(float (*s)[4], int j0, const int* rows, const int* from, float sl2) {
+    int c = threadIdx.x & 3;
+#pragma unroll
+    for (int n = 0; n < N; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int j = j0 + 8 * n + 2 * c + (e & 1), r = e >> 1;
+            s[n][e] = from[r] <= j && j <= rows[r] ? s[n][e] * sl2 : NEG_INF;
+        }
+}
+
+// The online softmax's step for one tile of masked scores: the running maxima m and the lane's
+// partial sums l of its two rows are updated, s becomes 2^(s − m); returns the factors by which
+// earlier sums (and outputs) shrink.
+template <int N>
+__device__ __forceinline__ void online_softmax(float (*s)[4], float* m, float* l, float* shrink) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mx = m[r];
+#pragma unroll
+        for (int n = 0; n < N; n++) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+        mx = quad_max(mx);
+        float base = mx == NEG_INF ? 0.0f : mx;  // a row with nothing seen yet: all zeros
+        shrink[r] = exp2f(m[r] - base);
+        l[r] *= shrink[r];
+        m[r] = mx;
+#pragma unroll
+        for (int n = 0; n < N; n++)
+#pragma unroll
+            for (int e = 2 * r; e < 2 * r + 2; e++) {
+                s[n][e] = exp2f(s[n][e] - base);
+                l[r] += s[n][e];
+            }
+    }
+}
+
+// The lane's two queries of the warp's 16 (q0 = the first), and where their stories start
+// (INT_MAX past t: they see nothing).
+__device__ __forceinline__ void lane_queries(int q0, const unsigned* st, int t, int* rows, int* from) {
+    int g = (threadIdx.x & 31) >> 2;
+    rows[0] = q0 + g;
+    rows[1] = q0 + g + 8;
+    for (int r = 0; r < 2; r++) from[r] = rows[r] < t ? (int)st[rows[r]] : 0x7fffffff;
+}
+
+// Stores the lane's numbers of a 16 × HD result (C layout, times `scale`) into rows rows[0] and
+// rows[1] (those before t) of a matrix at p with row stride ld.
+template <int HD>
+__device__ __forceinline__ void store_rows(bf16* p, long ld, const int* rows, int t, float (*x)[4], const float* scale) {
+    int c = threadIdx.x & 3;
+    for (int r = 0; r < 2; r++) {
+        if (rows[r] >= t) continue;
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++)
+            st32(p + rows[r] * ld + 8 * d + 2 * c, pack_bf16(x[d][2 * r] * scale[r], x[d][2 * r + 1] * scale[r]));
+    }
+}
+
+// y (B, T, nh·hd): grid (⌈T / MMA_ROWS⌉, nh, B); shared memory: two tiles of 64 keys.
+template <int HD>
+__device__ void attention_mma_forward(const bf16* qkv, const unsigned* start, bf16* y, int t, int nh, int nkv, float scale) {
+    const int TILE = 64;
+    bf16* ks = (bf16*)smem;     // keys j0 .. j0 + TILE − 1
+    bf16* vs = ks + TILE * (HD + 8);  // their values
+    int h = blockIdx.y, kh = h / (nh / nkv), width = (nh + 2 * nkv) * HD;
+    long b = blockIdx.z;
+    const bf16* row = qkv + b * t * width;
+    const unsigned* st = start + b * t;
+    int i0 = blockIdx.x * MMA_ROWS, q0 = i0 + (threadIdx.x >> 5) * 16;  // the block's, the warp's
+    int rows[2], from[2];
+    lane_queries(q0, st, t, rows, from);
+    unsigned qa[HD / 16][4];
+#pragma unroll
+    for (int k = 0; k < HD / 16; k++) load_a(row + (long)q0 * width + h * HD + 16 * k, width, t - q0, qa[k]);
+    float o[HD / 8][4] = {}, m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    int last = (i0 + MMA_ROWS < t ? i0 + MMA_ROWS : t) - 1;
+    int warp_from = q0 < t ? (int)st[q0] : t, warp_last = q0 + 15 < t ? q0 + 15 : t - 1;
+    for (int j0 = (int)st[i0]; j0 <= last; j0 += TILE) {
+        __syncthreads();  // every warp is done with the previous tile
+        load_tile<HD>(ks, TILE, row + (nh + kh) * HD, width, j0, t);
+        load_tile<HD>(vs, TILE, row + (nh + nkv + kh) * HD, width, j0, t);
+        __syncthreads();
+        if (q0 >= t || j0 > warp_last || j0 + TILE <= warp_from) continue;  // none of its keys
+        float s[TILE / 8][4], shrink[2];
+        scores<HD, TILE / 8>(qa, ks, s);
+        mask_scores<TILE / 8>(s, j0, rows, from, scale * LOG2E);
+        online_softmax<TILE / 8>(s, m, l, shrink);
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++)
+            for (int e = 0; e < 4; e++) o[d][e] *= shrink[e >> 1];
+        mix<HD, TILE / 16>(s, vs, o);
+    }
+    float inv[2];
+    for (int r = 0; r < 2; r++) inv[r] = 1.0f / quad_sum(l[r]);
+    store_rows<HD>(y + (b * t * nh + h) * HD, (long)nh * HD, rows, t, o, inv);
+}
+
+// Backward, query side: grid (⌈T / MMA_ROWS⌉, nh, B). For each query i of the warp: its
+// log-normaliser L_i (a first pass over its keys, scores only), D_i = dy_i · y_i, then
+// dq_i = Σ_j p_ij (dy_i · v_j − D_i) k_j / √hd; L and D are saved for backward_kv.
+template <int HD>
+__device__ void attention_mma_backward_q(const bf16* qkv, const bf16* y, const bf16* dy, const unsigned* start, bf16* dqkv, float* lse, float* dsum, int t, int nh, int nkv, float scale) {
+    const int TILE = 32;
+    bf16* ks = (bf16*)smem;
+    bf16* vs = ks + TILE * (HD + 8);
+    int h = blockIdx.y, kh = h / (nh / nkv), width = (nh + 2 * nkv) * HD, c = threadIdx.x & 3;
+    long b = blockIdx.z;
+    const bf16* row = qkv + b * t * width;
+    const unsigned* st = start + b * t;
+    int i0 = blockIdx.x * MMA_ROWS, q0 = i0 + (threadIdx.x >> 5) * 16;
+    int rows[2], from[2];
+    lane_queries(q0, st, t, rows, from);
+    long y_at = (b * t * nh + h) * HD, ld = (long)nh * HD;  // head h of token 0 in y and dy
+    unsigned qa[HD / 16][4], ga[HD / 16][4];  // the warp's queries and their gradients dy
+    float D[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int k = 0; k < HD / 16; k++) {
+        load_a(row + (long)q0 * width + h * HD + 16 * k, width, t - q0, qa[k]);
+        load_a(dy + y_at + q0 * ld + 16 * k, ld, t - q0, ga[k]);
+        for (int e = 0; e < 4; e++) {  // ga[k][e]: row e % 2, columns 16k + 8(e / 2) + 2c, +1
+            int r = e & 1;
+            if (rows[r] >= t) continue;
+            unsigned yy = ld32(y + y_at + rows[r] * ld + 16 * k + 8 * (e >> 1) + 2 * c);
+            D[r] += bf16_lo(ga[k][e]) * bf16_lo(yy) + bf16_hi(ga[k][e]) * bf16_hi(yy);
+        }
+    }
+    for (int r = 0; r < 2; r++) D[r] = quad_sum(D[r]);
+    float sl2 = scale * LOG2E;
+    int last = (i0 + MMA_ROWS < t ? i0 + MMA_ROWS : t) - 1;
+    int warp_from = q0 < t ? (int)st[q0] : t, warp_last = q0 + 15 < t ? q0 + 15 : t - 1;
+    // Pass 1: L = m + log2 Σ 2^(s − m).
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f}, L[2];
+    for (int j0 = (int)st[i0]; j0 <= last; j0 += TILE) {
+        __syncthreads();
+        load_tile<HD>(ks, TILE, row + (nh + kh) * HD, width, j0, t);
+        __syncthreads();
+        if (q0 >= t || j0 > warp_last || j0 + TILE <= warp_from) continue;
+        float s[TILE / 8][4], shrink[2];
+        scores<HD, TILE / 8>(qa, ks, s);
+        mask_scores<TILE / 8>(s, j0, rows, from, sl2);
+        online_softmax<TILE / 8>(s, m, l, shrink);
+    }
+    for (int r = 0; r < 2; r++) {
+        float sum = quad_sum(l[r]);  // every lane takes part in the shuffles
+        L[r] = rows[r] < t ? m[r] + log2f(sum) : 0.0f;
+    }
+    // Pass 2: p, dp = dy · vᵀ, ds = p (dp − D), dq += ds · k.
+    float dq[HD / 8][4] = {};
+    for (int j0 = (int)st[i0]; j0 <= last; j0 += TILE) {
+        __syncthreads();
+        load_tile<HD>(ks, TILE, row + (nh + kh) * HD, width, j0, t);
+        load_tile<HD>(vs, TILE, row + (nh + nkv + kh) * HD, width, j0, t);
+        __syncthreads();
+        if (q0 >= t || j0 > warp_last || j0 + TILE <= warp_from) continue;
+        float s[TILE / 8][4], dp[TILE / 8][4];
+        scores<HD, TILE / 8>(qa, ks, s);
+        mask_scores<TILE / 8>(s, j0, rows, from, sl2);
+        scores<HD, TILE / 8>(ga, vs, dp);
+#pragma unroll
+        for (int n = 0; n < TILE / 8; n++)
+            for (int e = 0; e < 4; e++) {
+                float p = exp2f(s[n][e] - L[e >> 1]);  // 0 where masked (−∞)
+                dp[n][e] = p * (dp[n][e] - D[e >> 1]);
+            }
+        mix<HD, TILE / 16>(dp, ks, dq);
+    }
+    float sc[2] = {scale, scale};
+    store_rows<HD>(dqkv + b * t * width + h * HD, width, rows, t, dq, sc);
+    if (c == 0)
+        for (int r = 0; r < 2; r++)
+            if (rows[r] < t) {
+                lse[(b * nh + h) * t + rows[r]] = L[r];
+                dsum[(b * nh + h) * t + rows[r]] = D[r];
+            }
+}
+
+// Backward, key side: grid (⌈T / MMA_ROWS⌉, nkv, B); the warp's 16 keys j are the rows, and
+// the queries i ≥ j of their stories (of every query head sharing them) come in tiles of 16:
+// sᵀ = k·qᵀ, pᵀ = 2^(sᵀ − L_i), dpᵀ = v·dyᵀ, dv_j += Σ_i pᵀ dy_i, dk_j += Σ_i pᵀ (dpᵀ − D_i) q_i / √hd.
+template <int HD>
+__device__ void attention_mma_backward_kv(const bf16* qkv, const bf16* dy, const unsigned* start, const float* lse, const float* dsum, bf16* dqkv, int t, int nh, int nkv, float scale) {
+    const int TILE = 16, LD = HD + 8;
+    bf16* kb = (bf16*)smem;       // the block's keys
+    bf16* vb = kb + MMA_ROWS * LD;    // and values
+    bf16* qs = vb + MMA_ROWS * LD;    // a tile of queries
+    bf16* gs = qs + TILE * LD;        // their dy
+    float* ls = (float*)(gs + TILE * LD);  // their L
+    float* ds = ls + TILE;                 // and D
+    int kh = blockIdx.y, group = nh / nkv, width = (nh + 2 * nkv) * HD, warp = threadIdx.x >> 5;
+    int c = threadIdx.x & 3;
+    long b = blockIdx.z;
+    const bf16* row = qkv + b * t * width;
+    const unsigned* st = start + b * t;
+    int j_blk = blockIdx.x * MMA_ROWS, k0 = j_blk + warp * 16;
+    int g = (threadIdx.x & 31) >> 2, keys[2] = {k0 + g, k0 + g + 8};
+    int last = (j_blk + MMA_ROWS < t ? j_blk + MMA_ROWS : t) - 1;
+    int warp_last = k0 + 15 < t ? k0 + 15 : t - 1;
+    float sl2 = scale * LOG2E;
+    load_tile<HD>(kb, MMA_ROWS, row + (nh + kh) * HD, width, j_blk, t);
+    load_tile<HD>(vb, MMA_ROWS, row + (nh + nkv + kh) * HD, width, j_blk, t);
+    float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
+    for (int h = kh * group; h < (kh + 1) * group; h++) {
+        const bf16* dyh = dy + (b * t * nh + h) * HD;
+        for (int i0 = j_blk; i0 < t && (int)st[i0] <= last; i0 += TILE) {
+            __syncthreads();
+            load_tile<HD>(qs, TILE, row + h * HD, width, i0, t);
+            load_tile<HD>(gs, TILE, dyh, (long)nh * HD, i0, t);
+            if (threadIdx.x < TILE) {
+                int i = i0 + threadIdx.x;
+                ls[threadIdx.x] = i < t ? lse[(b * nh + h) * t + i] : 0.0f;
+                ds[threadIdx.x] = i < t ? dsum[(b * nh + h) * t + i] : 0.0f;
+            }
+            __syncthreads();
+            if (k0 >= t || i0 + TILE <= k0 || (int)st[i0] > warp_last) continue;  // none of its queries
+            float s[TILE / 8][4] = {}, dp[TILE / 8][4] = {};
+#pragma unroll
+            for (int k = 0; k < HD / 16; k++) {
+                unsigned ka[4], va[4];
+                load_a(kb + warp * 16 * LD + 16 * k, LD, 16, ka);
+                load_a(vb + warp * 16 * LD + 16 * k, LD, 16, va);
+#pragma unroll
+                for (int n = 0; n < TILE / 8; n++) {
+                    unsigned bq[2], bg[2];
+                    load_bt(qs + n * 8 * LD + 16 * k, LD, bq);
+                    load_bt(gs + n * 8 * LD + 16 * k, LD, bg);
+                    mma_16816(s[n], ka, bq);
+                    mma_16816(dp[n], va, bg);
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < TILE / 8; n++)
+                for (int e = 0; e < 4; e++) {
+                    int col = 8 * n + 2 * c + (e & 1), i = i0 + col, j = keys[e >> 1];
+                    bool seen = i < t && j <= i && (int)st[i] <= j;
+                    float p = seen ? exp2f(s[n][e] * sl2 - ls[col]) : 0.0f;
+                    s[n][e] = p;
+                    dp[n][e] = p * (dp[n][e] - ds[col]);
+                }
+            mix<HD, TILE / 16>(s, gs, dv);
+            mix<HD, TILE / 16>(dp, qs, dk);
+        }
+    }
+    float sc[2] = {scale, scale}, one[2] = {1.0f, 1.0f};
+    store_rows<HD>(dqkv + b * t * width + (nh + kh) * HD, width, keys, t, dk, sc);
+    store_rows<HD>(dqkv + b * t * width + (nh + nkv + kh) * HD, width, keys, t, dv, one);
+}
+
+#define ATTENTION_MMA(HD)                                                                          \
+    extern "C" __global__ void attention_mma_forward_hd##HD(const bf16* qkv, const unsigned* start, bf16* y, int t, int nh, int nkv, float scale) { \
+        attention_mma_forward<HD>(qkv, start, y, t, nh, nkv, scale);                              \
+    }                                                                                              \
+    extern "C" __global__ void attention_mma_backward_q_hd##HD(const bf16* qkv, const bf16* y, const bf16* dy, const unsigned* start, bf16* dqkv, float* lse, float* dsum, int t, int nh, int nkv, float scale) { \
+        attention_mma_backward_q<HD>(qkv, y, dy, start, dqkv, lse, dsum, t, nh, nkv, scale);     \
+    }                                                                                              \
+    extern "C" __global__ void attention_mma_backward_kv_hd##HD(const bf16* qkv, const bf16* dy, const unsigned* start, const float* lse, const float* dsum, bf16* dqkv, int t, int nh, int nkv, float scale) { \
+        attention_mma_backward_kv<HD>(qkv, dy, start, lse, dsum, dqkv, t, nh, nkv, scale);       \
+    }
+ATTENTION_MMA(64)
+ATTENTION_MMA(128)
+
+#endif  // compute capability 8.0

@@ -39,24 +39,29 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fused::{dot, par_rows, slice, softmax_in_place, vectorized, Real};
 use crate::Result;
 
 /// Whether the fused attention runs for this device and compute dtype: f32 or f64 on the CPU;
-/// on a CUDA GPU, f32 or bf16 when the environment says `TINYGPT_CUDA_ATTENTION=fused`.
+/// on a CUDA GPU, f32 or bf16 when the environment says `TINYGPT_CUDA_ATTENTION=fused` (or
+/// `fused-warp`).
 ///
-/// The CUDA kernels (`fused.cu`, one warp per query or key, flash style: no `(B, nh, T, T)`
-/// tensors) are opt-in until a GPU run has checked them: `tests/cuda.rs` compares them with this
-/// CPU kernel in value and gradient, and `scripts/gpu-check.sh` times the step with and without
-/// them. (CI already runs their source on the CPU under an emulation: `tests/cuda_emulated`.)
+/// The CUDA kernels are in `fused.cu`, flash style: no `(B, nh, T, T)` tensors. In bf16 with
+/// heads of 64 or 128 numbers on a GPU of compute capability 8.0 or later they run on tensor
+/// cores (`mma.sync`, FlashAttention-2's tiling); otherwise, or with `fused-warp`, one warp per
+/// query or key on the CUDA cores. Both are opt-in until a GPU run has checked them:
+/// `tests/cuda.rs` compares them with this CPU kernel in value and gradient, and
+/// `scripts/gpu-check.sh` times the step with and without them. (CI already runs their source on
+/// the CPU under an emulation: `tests/cuda_emulated`.)
 pub fn available(device: &candle_core::Device, dtype: DType) -> bool {
     match device {
         candle_core::Device::Cpu => matches!(dtype, DType::F32 | DType::F64),
         candle_core::Device::Cuda(_) => {
-            std::env::var("TINYGPT_CUDA_ATTENTION").as_deref() == Ok("fused")
+            let fused = std::env::var("TINYGPT_CUDA_ATTENTION");
+            matches!(fused.as_deref(), Ok("fused" | "fused-warp"))
                 && matches!(dtype, DType::F32 | DType::BF16)
         }
         _ => false,
@@ -66,8 +71,12 @@ pub fn available(device: &candle_core::Device, dtype: DType) -> bool {
 /// Where each token's story begins in its row: what the document mask says, in `B·T` numbers.
 #[derive(Clone, Debug)]
 pub struct Documents {
-    /// `start[b·T + i]`: the first position of the run of tokens with `i`'s document id.
-    start: Arc<Vec<u32>>,
+    /// `start[b·T + i]`: the first position of the run of tokens with `i`'s document id, as a
+    /// `(B, T)` u32 tensor on the batch's device (on a GPU it is computed there: reading the ids
+    /// back would make the CPU wait for the GPU at every batch).
+    start: Tensor,
+    /// The same numbers on the host, for the CPU kernel (empty on a GPU).
+    host: Arc<Vec<u32>>,
     batch: usize,
     time: usize,
 }
@@ -77,27 +86,62 @@ impl Documents {
     /// numbers the stories of a row in order), so token `i` sees `start(i)..=i`.
     pub fn new(doc: &Tensor) -> Result<Self> {
         let (batch, time) = doc.dims2()?;
-        let ids = doc.flatten_all()?.to_vec1::<u32>()?;
-        let mut start = vec![0u32; ids.len()];
-        for (row, ids) in ids.chunks(time).enumerate() {
-            for i in 1..time {
-                let k = row * time + i;
-                start[k] = if ids[i] == ids[i - 1] {
-                    start[k - 1]
-                } else {
-                    i as u32
-                };
-            }
-        }
+        let start = doc.contiguous()?.apply_op1_no_bwd(&DocumentStarts)?;
+        let host = match doc.device() {
+            candle_core::Device::Cpu => start.flatten_all()?.to_vec1::<u32>()?,
+            _ => vec![],
+        };
         Ok(Documents {
-            start: Arc::new(start),
+            start,
+            host: Arc::new(host),
             batch,
             time,
         })
     }
 
     fn start(&self, b: usize, i: usize) -> usize {
-        self.start[b * self.time + i] as usize
+        self.host[b * self.time + i] as usize
+    }
+}
+
+/// `start` from the document ids `(B, T)` (u32), row by row: position `i` starts a story when
+/// its id differs from `i − 1`'s.
+struct DocumentStarts;
+
+/// The CPU version of [`DocumentStarts`].
+fn document_starts(ids: &[u32], time: usize) -> Vec<u32> {
+    let mut start = vec![0u32; ids.len()];
+    for (row, ids) in ids.chunks(time).enumerate() {
+        for i in 1..time {
+            let k = row * time + i;
+            start[k] = if ids[i] == ids[i - 1] {
+                start[k - 1]
+            } else {
+                i as u32
+            };
+        }
+    }
+    start
+}
+
+impl CustomOp1 for DocumentStarts {
+    fn name(&self) -> &'static str {
+        "tinygpt-document-starts"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let time = l.dims().last().copied().unwrap_or(1).max(1);
+        let start = document_starts(slice::<u32>(s, l)?, time);
+        Ok((CpuStorage::U32(start), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::fused_cuda::document_starts((s, l))
     }
 }
 
@@ -118,6 +162,14 @@ pub fn attention(
             qkv.dims(),
             docs.batch,
             docs.time
+        )));
+    }
+    if !docs.start.device().same_device(qkv.device()) {
+        return Err(crate::Error::Invalid(format!(
+            "fused attention: qkv is on {:?} but the documents on {:?}: build them from the \
+             batch's document ids",
+            qkv.device().location(),
+            docs.start.device().location()
         )));
     }
     #[cfg(feature = "cuda")]
@@ -706,21 +758,27 @@ impl CustomOp1 for DocumentAttention {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::fused_cuda::attention_forward((s, l), &self.docs.start, self.dims())
+        let (start, ls) = self.docs.start.storage_and_layout();
+        let candle_core::Storage::Cuda(start) = &*start else {
+            candle_core::bail!("fused attention: documents not on the GPU")
+        };
+        super::fused_cuda::attention_forward((s, l), (start, ls), self.dims())
     }
 
-    fn bwd(&self, qkv: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(qkv.apply_op2_no_bwd(
+    fn bwd(&self, qkv: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(qkv.apply_op3_no_bwd(
+            y,
             &dy.contiguous()?,
             &AttentionBackward(self.clone()),
         )?))
     }
 }
 
-/// `dqkv` from `qkv` and `dy`.
+/// `dqkv` from `qkv`, the forward's output `y` (the tensor-core kernels take `D_i = dy_i · y_i`
+/// from it) and `dy`.
 struct AttentionBackward(DocumentAttention);
 
-impl CustomOp2 for AttentionBackward {
+impl CustomOp3 for AttentionBackward {
     fn name(&self) -> &'static str {
         "tinygpt-document-attention-backward"
     }
@@ -729,12 +787,14 @@ impl CustomOp2 for AttentionBackward {
         &self,
         s1: &CpuStorage,
         l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        _y: &CpuStorage,
+        _ly: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(self.0.backward(slice(s1, l1)?, slice(s2, l2)?)),
-            CpuStorage::F64(_) => CpuStorage::F64(self.0.backward(slice(s1, l1)?, slice(s2, l2)?)),
+            CpuStorage::F32(_) => CpuStorage::F32(self.0.backward(slice(s1, l1)?, slice(s3, l3)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(self.0.backward(slice(s1, l1)?, slice(s3, l3)?)),
             _ => candle_core::bail!("fused attention backward: f32 or f64 only"),
         };
         Ok((out, l1.shape().clone()))
@@ -747,8 +807,15 @@ impl CustomOp2 for AttentionBackward {
         l1: &Layout,
         s2: &candle_core::CudaStorage,
         l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let op = &self.0;
-        super::fused_cuda::attention_backward((s1, l1), (s2, l2), &op.docs.start, op.dims())
+        let (start, ls) = op.docs.start.storage_and_layout();
+        let candle_core::Storage::Cuda(start) = &*start else {
+            candle_core::bail!("fused attention backward: documents not on the GPU")
+        };
+        let inputs = [(s1, l1), (s2, l2), (s3, l3)];
+        super::fused_cuda::attention_backward(inputs, (start, ls), op.dims())
     }
 }

@@ -20,10 +20,19 @@ const THREADS: u32 = 256;
 
 type Result<T> = candle_core::Result<T>;
 
+/// Kernel `name` of `fused.cu`, compiled to PTX once per process: for compute capability 8.0
+/// (which the tensor-core attention needs; the PTX runs on every later GPU too) where the
+/// device has it, else for NVRTC's default target, without those kernels.
 fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
-    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    let ptx = PTX.get_or_init(|| {
-        nvrtc::compile_ptx(SOURCE)
+    type Compiled = OnceLock<std::result::Result<String, String>>;
+    static PTX: [Compiled; 2] = [OnceLock::new(), OnceLock::new()];
+    let sm80 = tensor_cores(dev)?;
+    let ptx = PTX[usize::from(sm80)].get_or_init(|| {
+        let options = nvrtc::CompileOptions {
+            arch: sm80.then_some("compute_80"),
+            ..Default::default()
+        };
+        nvrtc::compile_ptx_with_opts(SOURCE, options)
             .map(|p| p.to_src())
             .map_err(|e| format!("{e:?}"))
     });
@@ -33,6 +42,18 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     Ok(dev
         .get_or_load_custom_func(name, "tinygpt_fused", ptx)?
         .into_cuda_function())
+}
+
+/// Whether the GPU has bf16 tensor cores that `mma.sync` reaches: compute capability ≥ 8.0.
+fn tensor_cores(dev: &CudaDevice) -> Result<bool> {
+    let (major, _) = dev
+        .cuda_stream()
+        .context()
+        .compute_capability()
+        .map_err(|e| {
+            candle_core::Error::Msg(format!("reading the GPU's compute capability: {e}"))
+        })?;
+    Ok(major >= 8)
 }
 
 /// One block per row.
@@ -678,7 +699,40 @@ pub fn embedding_backward(
     ))
 }
 
-/// One warp per item (a query or a key) for the attention kernels, four warps per block.
+/// `start` `(B, T)` u32 from the document ids `(B, T)` u32 (see `fused_attention::Documents`):
+/// one block per row, a running maximum of the positions where the id changes.
+pub fn document_starts((doc, l): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+    let (rows, t) = l.shape().dims2()?;
+    let (ids, dev) = (u32_view(doc, l, "document starts")?, &doc.device);
+    let t32 = t as i32;
+    // SAFETY: the kernel writes every position of every row.
+    let start = unsafe { dev.alloc::<u32>(rows * t)? };
+    let config = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (SCAN_THREADS, 1, 1),
+        shared_mem_bytes: SCAN_THREADS * 4,
+    };
+    kernel(dev, "document_starts")?.run(config, |b| {
+        b.arg(&ids).arg(&start).arg(&t32);
+    })?;
+    Ok((
+        storage(CudaStorageSlice::U32(start), dev),
+        l.shape().clone(),
+    ))
+}
+
+/// Threads of `document_starts` (and positions scanned per step): `SCAN` in fused.cu.
+const SCAN_THREADS: u32 = 256;
+
+fn u32_view<'a>(x: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, u32>> {
+    let o = offsets(l)?;
+    match &x.slice {
+        CudaStorageSlice::U32(x) => Ok(x.slice(o.0..o.1)),
+        _ => candle_core::bail!("{what} on CUDA: u32 input"),
+    }
+}
+
+/// One warp per item (a query or a key) for the warp kernels, four warps per block.
 fn warps(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: ((n * 32).div_ceil(128) as u32, 1, 1),
@@ -709,16 +763,79 @@ impl AttentionDims {
 /// The largest head the attention kernels hold in a warp's registers (`ATT_E` in fused.cu).
 pub const ATTENTION_MAX_HEAD: usize = 256;
 
+/// The tensor-core kernels of fused.cu (forward, backward_q, backward_kv) by head size.
+const MMA_KERNELS: [(usize, [&str; 3]); 2] = [
+    (
+        64,
+        [
+            "attention_mma_forward_hd64",
+            "attention_mma_backward_q_hd64",
+            "attention_mma_backward_kv_hd64",
+        ],
+    ),
+    (
+        128,
+        [
+            "attention_mma_forward_hd128",
+            "attention_mma_backward_q_hd128",
+            "attention_mma_backward_kv_hd128",
+        ],
+    ),
+];
+
+/// Warps per block of the tensor-core kernels and the queries (or keys) a block takes, 16 per
+/// warp (`MMA_WARPS`, `MMA_ROWS` in fused.cu).
+const MMA_WARPS: usize = 4;
+const MMA_ROWS: usize = 16 * MMA_WARPS;
+
+/// The tensor-core kernels for this attention, where they apply: bf16, a head size they are
+/// compiled for, compute capability 8.0 or later, and unless `TINYGPT_CUDA_ATTENTION=fused-warp`
+/// asks for the warp kernels. Inputs start 16-byte aligned (offsets: in elements).
+fn mma_kernels(
+    dev: &CudaDevice,
+    dims: AttentionDims,
+    offsets: &[usize],
+) -> Result<Option<[&'static str; 3]>> {
+    if std::env::var("TINYGPT_CUDA_ATTENTION").as_deref() == Ok("fused-warp")
+        || offsets.iter().any(|o| o % 8 != 0)
+        || !tensor_cores(dev)?
+    {
+        return Ok(None);
+    }
+    Ok(MMA_KERNELS
+        .iter()
+        .find(|(hd, _)| *hd == dims.hd)
+        .map(|(_, names)| *names))
+}
+
+/// Launch configuration of a tensor-core kernel over `heads` heads: blocks of `MMA_ROWS` tokens.
+fn mma_blocks(dims: AttentionDims, heads: usize, shared_bytes: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            dims.t.div_ceil(MMA_ROWS) as u32,
+            heads as u32,
+            dims.b as u32,
+        ),
+        block_dim: (32 * MMA_WARPS as u32, 1, 1),
+        shared_mem_bytes: shared_bytes as u32,
+    }
+}
+
+/// Shared memory of the tensor-core kernels: `rows` tokens' heads of `hd` bf16 (rows padded by 8).
+fn tiles_bytes(rows: usize, hd: usize) -> usize {
+    rows * (hd + 8) * 2
+}
+
 /// Document-masked attention forward (`model/fused_attention.rs`): `qkv` `(B, T, (nh + 2·nkv)·hd)`
-/// f32 or bf16 → `y` `(B, T, nh·hd)` in the same dtype. `start[b·T + i]`: where token `i`'s
+/// f32 or bf16 → `y` `(B, T, nh·hd)` in the same dtype. `start` `(B, T)` u32: where token `i`'s
 /// story begins in its row.
 pub fn attention_forward(
     (qkv, l): (&CudaStorage, &Layout),
-    start: &[u32],
+    (start, ls): (&CudaStorage, &Layout),
     dims: AttentionDims,
 ) -> Result<(CudaStorage, Shape)> {
     let (o, dev) = (offsets(l)?, &qkv.device);
-    let starts = dev.clone_htod(start)?;
+    let starts = u32_view(start, ls, "fused attention")?;
     let slice = match &qkv.slice {
         CudaStorageSlice::F32(x) => {
             let y = attention_forward_as(
@@ -731,13 +848,11 @@ pub fn attention_forward(
             CudaStorageSlice::F32(y)
         }
         CudaStorageSlice::BF16(x) => {
-            let y = attention_forward_as(
-                dev,
-                "attention_forward_bf16",
-                &x.slice(o.0..o.1),
-                &starts,
-                dims,
-            )?;
+            let x = x.slice(o.0..o.1);
+            let y = match mma_kernels(dev, dims, &[o.0])? {
+                Some([forward, _, _]) => attention_mma_forward(dev, forward, &x, &starts, dims)?,
+                None => attention_forward_as(dev, "attention_forward_bf16", &x, &starts, dims)?,
+            };
             CudaStorageSlice::BF16(y)
         }
         _ => candle_core::bail!("attention on CUDA: f32 or bf16 qkv"),
@@ -746,12 +861,12 @@ pub fn attention_forward(
     Ok((storage(slice, dev), shape))
 }
 
-/// [`attention_forward`] for one dtype, with its kernel `name`.
+/// [`attention_forward`] for one dtype, with its warp kernel `name`.
 fn attention_forward_as<T: DeviceRepr>(
     dev: &CudaDevice,
     name: &str,
     qkv: &CudaView<T>,
-    starts: &CudaSlice<u32>,
+    starts: &CudaView<u32>,
     dims: AttentionDims,
 ) -> Result<CudaSlice<T>> {
     let (t, nh, nkv, hd, scale) = dims.args();
@@ -766,18 +881,38 @@ fn attention_forward_as<T: DeviceRepr>(
     Ok(y)
 }
 
-/// Its backward: `dqkv` (like `qkv`) from `qkv` and `dy` `(B, T, nh·hd)` (one dtype). Two
-/// kernels: per query (`dq`, and each query's softmax statistics), then per key (`dk`, `dv`).
+/// [`attention_forward`] on tensor cores (bf16).
+fn attention_mma_forward<T: DeviceRepr>(
+    dev: &CudaDevice,
+    name: &str,
+    qkv: &CudaView<T>,
+    starts: &CudaView<u32>,
+    dims: AttentionDims,
+) -> Result<CudaSlice<T>> {
+    let (t, nh, nkv, _, scale) = dims.args();
+    // SAFETY: every query of every head is some warp's: all of y is written.
+    let y = unsafe { dev.alloc::<T>(dims.b * dims.t * dims.nh * dims.hd)? };
+    // Two tiles of 64 keys and values.
+    let config = mma_blocks(dims, dims.nh, 2 * tiles_bytes(64, dims.hd));
+    kernel(dev, name)?.run(config, |b| {
+        b.arg(qkv).arg(starts).arg(&y);
+        b.arg(&t).arg(&nh).arg(&nkv).arg(&scale);
+    })?;
+    Ok(y)
+}
+
+/// Its backward: `dqkv` (like `qkv`) from `qkv`, the forward's output `y` and `dy` (both
+/// `(B, T, nh·hd)`, one dtype). Two kernels: per query (`dq`, and each query's softmax
+/// statistics), then per key (`dk`, `dv`).
 pub fn attention_backward(
-    (qkv, lq): (&CudaStorage, &Layout),
-    (dy, ld): (&CudaStorage, &Layout),
-    start: &[u32],
+    [(qkv, lq), (y, ly), (dy, ld)]: [(&CudaStorage, &Layout); 3],
+    (start, ls): (&CudaStorage, &Layout),
     dims: AttentionDims,
 ) -> Result<(CudaStorage, Shape)> {
-    let (oq, od, dev) = (offsets(lq)?, offsets(ld)?, &qkv.device);
-    let starts = dev.clone_htod(start)?;
-    let slice = match (&qkv.slice, &dy.slice) {
-        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(g)) => {
+    let (oq, oy, od, dev) = (offsets(lq)?, offsets(ly)?, offsets(ld)?, &qkv.device);
+    let starts = u32_view(start, ls, "fused attention backward")?;
+    let slice = match (&qkv.slice, &y.slice, &dy.slice) {
+        (CudaStorageSlice::F32(x), _, CudaStorageSlice::F32(g)) => {
             let (x, g) = (x.slice(oq.0..oq.1), g.slice(od.0..od.1));
             CudaStorageSlice::F32(attention_backward_as(
                 dev,
@@ -787,27 +922,36 @@ pub fn attention_backward(
                 dims,
             )?)
         }
-        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(g)) => {
-            let (x, g) = (x.slice(oq.0..oq.1), g.slice(od.0..od.1));
-            CudaStorageSlice::BF16(attention_backward_as(
-                dev,
-                ("attention_backward_q_bf16", "attention_backward_kv_bf16"),
-                (&x, &g),
-                &starts,
-                dims,
-            )?)
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(y), CudaStorageSlice::BF16(g)) => {
+            let (x, y, g) = (
+                x.slice(oq.0..oq.1),
+                y.slice(oy.0..oy.1),
+                g.slice(od.0..od.1),
+            );
+            CudaStorageSlice::BF16(match mma_kernels(dev, dims, &[oq.0, oy.0, od.0])? {
+                Some([_, q, kv]) => {
+                    attention_mma_backward(dev, (q, kv), (&x, &y, &g), &starts, dims)?
+                }
+                None => attention_backward_as(
+                    dev,
+                    ("attention_backward_q_bf16", "attention_backward_kv_bf16"),
+                    (&x, &g),
+                    &starts,
+                    dims,
+                )?,
+            })
         }
         _ => candle_core::bail!("attention backward on CUDA: f32 or bf16 qkv and dy, one dtype"),
     };
     Ok((storage(slice, dev), lq.shape().clone()))
 }
 
-/// [`attention_backward`] for one dtype, with its two kernels' names.
+/// [`attention_backward`] for one dtype, with its two warp kernels' names.
 fn attention_backward_as<T: DeviceRepr>(
     dev: &CudaDevice,
     (q_kernel, kv_kernel): (&str, &str),
     (qkv, dy): (&CudaView<T>, &CudaView<T>),
-    starts: &CudaSlice<u32>,
+    starts: &CudaView<u32>,
     dims: AttentionDims,
 ) -> Result<CudaSlice<T>> {
     let (t, nh, nkv, hd, scale) = dims.args();
@@ -834,6 +978,41 @@ fn attention_backward_as<T: DeviceRepr>(
             .arg(&dsum)
             .arg(&dqkv);
         b.arg(&t).arg(&nh).arg(&nkv).arg(&hd).arg(&scale).arg(&nk64);
+    })?;
+    Ok(dqkv)
+}
+
+/// [`attention_backward`] on tensor cores (bf16), with its two kernels' names.
+fn attention_mma_backward<T: DeviceRepr>(
+    dev: &CudaDevice,
+    (q_kernel, kv_kernel): (&str, &str),
+    (qkv, y, dy): (&CudaView<T>, &CudaView<T>, &CudaView<T>),
+    starts: &CudaView<u32>,
+    dims: AttentionDims,
+) -> Result<CudaSlice<T>> {
+    let (t, nh, nkv, _, scale) = dims.args();
+    let nq = dims.b * dims.nh * dims.t;
+    // SAFETY: as in attention_backward_as: every query's statistics and query slot, then every
+    // key and value slot, are some warp's.
+    let (lse, dsum) = unsafe { (dev.alloc::<f32>(nq)?, dev.alloc::<f32>(nq)?) };
+    let dqkv = unsafe { dev.alloc::<T>(qkv.len())? };
+    // backward_q: tiles of 32 keys and values; backward_kv: the block's 64 keys and values, a
+    // tile of 16 queries and their dy, L and D.
+    let q_config = mma_blocks(dims, dims.nh, 2 * tiles_bytes(32, dims.hd));
+    let kv_config = mma_blocks(
+        dims,
+        dims.nkv,
+        2 * tiles_bytes(MMA_ROWS, dims.hd) + 2 * tiles_bytes(16, dims.hd) + 2 * 16 * 4,
+    );
+    kernel(dev, q_kernel)?.run(q_config, |b| {
+        b.arg(qkv).arg(y).arg(dy).arg(starts).arg(&dqkv);
+        b.arg(&lse).arg(&dsum);
+        b.arg(&t).arg(&nh).arg(&nkv).arg(&scale);
+    })?;
+    kernel(dev, kv_kernel)?.run(kv_config, |b| {
+        b.arg(qkv).arg(dy).arg(starts).arg(&lse).arg(&dsum);
+        b.arg(&dqkv);
+        b.arg(&t).arg(&nh).arg(&nkv).arg(&scale);
     })?;
     Ok(dqkv)
 }
