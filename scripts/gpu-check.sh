@@ -57,11 +57,15 @@ if [[ -n "${GPU_CHECK_CAUSAL:-}" ]]; then   # PyTorch without the document mask:
   TORCH_CAUSAL="$(tail -1 "$OUT/log.txt")"
 fi
 
-echo "== a short real training run: seed-61m, bf16, TinyStories sample (GPT-Neo tokenizer), 40 steps of 8,192 tokens"
-rm -rf "$OUT/run"
-run "$BIN" train --preset seed-1gpu --data gpu/bin/data --out "$OUT/run" --batch-size 16 --grad-accum 1 \
-  --max-steps 40 --eval-interval 20 --peak-tflops "$PEAK"
-"$PY" - "$OUT/run/metrics.jsonl" <<'PY'
+# A short real training run: seed-61m, bf16, the TinyStories sample (GPT-Neo tokenizer), 40
+# steps of 8,192 tokens; the loss must fall. Once as by default, once with the fused attention.
+train() {  # $1: a label, then an optional `env VAR=value` prefix
+  local label="$1"; shift
+  echo "== a short real training run ($label): seed-61m, bf16, TinyStories sample, 40 steps of 8,192 tokens"
+  rm -rf "$OUT/run-$label"
+  run "$@" "$BIN" train --preset seed-1gpu --data gpu/bin/data --out "$OUT/run-$label" --batch-size 16 --grad-accum 1 \
+    --max-steps 40 --eval-interval 20 --peak-tflops "$PEAK"
+  "$PY" - "$OUT/run-$label/metrics.jsonl" <<'PY'
 import json, sys
 r = [json.loads(l) for l in open(sys.argv[1])]
 first, last = r[0]["loss"], r[-1]["loss"]
@@ -69,7 +73,11 @@ val = [x["val_loss"] for x in r if "val_loss" in x]
 print(f"train loss {first:.3f} -> {last:.3f}; val loss {val}; {r[-1]['tokens_per_s']:.0f} tok/s, MFU {100 * r[-1].get('mfu', 0):.1f}%")
 sys.exit(0 if last < first - 2.0 else 1)
 PY
+}
+train composed env
 RUN=$?
+train fused env TINYGPT_CUDA_ATTENTION=fused
+RUN_FUSED=$?
 
 if [[ -n "${GPU_CHECK_PROFILE:-}" ]]; then   # where tinygpt's step time goes, piece by piece
   echo "== tinygpt profile (ms per call, forward + backward)"
@@ -113,4 +121,5 @@ for label, tps, mfu in rows:
     print(f"{label:38} {tps:12.0f} {100 * mfu:6.1f}% {tps / rows[0][1]:13.2f}x")
 PY
 [[ $RUN == 0 ]] || echo "FAILED: the training run's loss did not fall"
-exit $(( TESTS || RUN ))
+[[ $RUN_FUSED == 0 ]] || echo "FAILED: the training run with the fused attention: its loss did not fall"
+exit $(( TESTS || RUN || RUN_FUSED ))
