@@ -1,10 +1,11 @@
-// Just enough of CUDA to run fused.cu's attention kernels on a CPU, for checking them where there
-// is no GPU (scripts/cuda-kernels.sh, in CI): each thread of a block is a thread, the blocks run
-// one after another, `__syncthreads` is a barrier of the block, and a warp shuffle or a tensor-core
-// product (`mma_16816`) is a barrier of the warp, a write of every lane's part, a barrier and a
-// read. Static `__shared__` arrays become locals, so the kernels that use them (the row-wise ones)
-// compile but are not run; dynamic shared memory (`extern __shared__`) is one global array, which
-// the block running at the time has to itself.
+// Just enough of CUDA to run fused.cu's attention, norm and column-sum kernels on a CPU, for
+// checking them where there is no GPU (scripts/cuda-kernels.sh, in CI): each thread of a block is
+// a thread, the blocks run one after another, `__syncthreads` is a barrier of the block, and a
+// warp shuffle or a tensor-core product (`mma_16816`) is a barrier of the warp, a write of every
+// lane's part, a barrier and a read. Static `__shared__` arrays become locals, so the kernels that
+// use them (the block-per-row ones: softmax, cross-entropy) compile but are not run; dynamic shared
+// memory (`extern __shared__`) is one global array, which the block running at the time has to
+// itself.
 #define TINYGPT_EMULATED
 #include <barrier>
 #include <cmath>
@@ -27,10 +28,7 @@ struct uint4 {
 #define __shared__
 thread_local std::barrier<>* block_sync;
 inline void __syncthreads() { block_sync->arrive_and_wait(); }
-// fused.cu's `extern __shared__` arrays: norm_backward_w's (not run here) and the tensor-core
-// attention's.
-float acc[1];
-uint4 smem[4096];
+uint4 smem[4096];  // fused.cu's dynamic shared memory (64 KB)
 
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }

@@ -21,6 +21,17 @@ __device__ __forceinline__ void store(bf16* p, long i, float x) { p[i] = to_bf16
 
 #define NEG_INF __int_as_float(0xff800000)
 
+// Dynamic shared memory (its size is given at launch), for the kernels that carve it up.
+extern __shared__ uint4 smem[];
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// The index of the calling thread's warp in the grid (kernels that give each warp one item).
+__device__ __forceinline__ long warp_index() { return ((long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }
+
 __device__ float block_max(float v) {
     __shared__ float part[32];
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -141,71 +152,96 @@ extern "C" __global__ void cross_entropy_backward_bf16(const bf16* x, const unsi
 }
 
 // LayerNorm (rms = 0) and RMSNorm (rms = 1) of rows of `c`; x, y, dy, dx in T, the gain w in f32.
-// See model/fused_norm.rs for the formulas. The row's statistics are recomputed in backward.
+// See model/fused_norm.rs for the formulas. One warp per row: lane l takes the columns l, l + 32,
+// …, and the row's sums go round the warp by shuffles. (A block per row of a few hundred numbers
+// spends its time waiting at its barriers.) The row's statistics are recomputed in backward.
 template <typename T>
 __device__ void row_stats(const T* x, long r, int c, int rms, float eps, float* mean, float* rstd) {
+    int lane = threadIdx.x & 31;
     float m = 0.0f;
     if (!rms) {
-        for (int j = threadIdx.x; j < c; j += blockDim.x) m += load(x, r + j);
-        m = block_sum(m) / c;
+        for (int j = lane; j < c; j += 32) m += load(x, r + j);
+        m = warp_sum(m) / c;
     }
     float v = 0.0f;
-    for (int j = threadIdx.x; j < c; j += blockDim.x) { float d = load(x, r + j) - m; v += d * d; }
-    v = block_sum(v) / c;
+    for (int j = lane; j < c; j += 32) { float d = load(x, r + j) - m; v += d * d; }
+    v = warp_sum(v) / c;
     *mean = m;
     *rstd = rsqrtf(v + eps);
 }
 
 template <typename T>
-__device__ void norm_forward(const T* x, const float* w, T* y, int c, int rms, float eps) {
-    long r = (long)blockIdx.x * c;
+__device__ void norm_forward(const T* x, const float* w, T* y, long n, int c, int rms, float eps) {
+    long row = warp_index();
+    if (row >= n) return;  // a whole warp leaves together
+    long r = row * c;
     float mean, rstd;
     row_stats(x, r, c, rms, eps, &mean, &rstd);
-    for (int j = threadIdx.x; j < c; j += blockDim.x) store(y, r + j, (load(x, r + j) - mean) * rstd * w[j]);
+    for (int j = threadIdx.x & 31; j < c; j += 32) store(y, r + j, (load(x, r + j) - mean) * rstd * w[j]);
 }
 
 template <typename T>
-__device__ void norm_backward_x(const T* x, const float* w, const T* dy, T* dx, int c, int rms, float eps) {
-    long r = (long)blockIdx.x * c;
+__device__ void norm_backward_x(const T* x, const float* w, const T* dy, T* dx, long n, int c, int rms, float eps) {
+    long row = warp_index();
+    if (row >= n) return;
+    long r = row * c;
+    int lane = threadIdx.x & 31;
     float mean, rstd;
     row_stats(x, r, c, rms, eps, &mean, &rstd);
     float sg = 0.0f, sgx = 0.0f;
-    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+    for (int j = lane; j < c; j += 32) {
         float g = load(dy, r + j) * w[j];
         sg += g;
         sgx += g * (load(x, r + j) - mean) * rstd;
     }
-    sg = rms ? 0.0f : block_sum(sg) / c;
-    sgx = block_sum(sgx) / c;
-    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+    sg = rms ? 0.0f : warp_sum(sg) / c;
+    sgx = warp_sum(sgx) / c;
+    for (int j = lane; j < c; j += 32) {
         float xh = (load(x, r + j) - mean) * rstd;
         store(dx, r + j, rstd * (load(dy, r + j) * w[j] - sg - xh * sgx));
     }
 }
 
-// Partial sums of dy ⊙ x̂ over the rows blockIdx.x, blockIdx.x + gridDim.x, …: (gridDim.x, c) f32.
-// Each thread owns the columns j ≡ threadIdx.x (mod blockDim.x) of the shared accumulator.
+// Partial sums of dy ⊙ x̂ over rows, (gridDim.x, c) f32: warp w of block b takes the rows
+// b·W + w, then gridDim.x·W further, … (W warps a block) and its lanes add into the warp's own
+// row of the shared accumulator (W, c); the block then adds its W rows into partial[b, :].
 template <typename T>
 __device__ void norm_backward_w(const T* x, const T* dy, float* partial, int n, int c, int rms, float eps) {
-    extern __shared__ float acc[];
-    for (int j = threadIdx.x; j < c; j += blockDim.x) acc[j] = 0.0f;
-    for (long row = blockIdx.x; row < n; row += gridDim.x) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
+    float* acc = (float*)smem;
+    float* mine = acc + warp * c;
+    for (int j = lane; j < c; j += 32) mine[j] = 0.0f;
+    for (long row = (long)blockIdx.x * W + warp; row < n; row += (long)gridDim.x * W) {
         long r = row * c;
         float mean, rstd;
         row_stats(x, r, c, rms, eps, &mean, &rstd);
-        for (int j = threadIdx.x; j < c; j += blockDim.x) acc[j] += load(dy, r + j) * (load(x, r + j) - mean) * rstd;
+        for (int j = lane; j < c; j += 32) mine[j] += load(dy, r + j) * (load(x, r + j) - mean) * rstd;
     }
-    for (int j = threadIdx.x; j < c; j += blockDim.x) partial[(long)blockIdx.x * c + j] = acc[j];
+    __syncthreads();
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        float s = 0.0f;
+        for (int k = 0; k < W; k++) s += acc[k * c + j];
+        partial[(long)blockIdx.x * c + j] = s;
+    }
 }
 
-// out[j] = Σ_i partial[i, j] over `n` rows of `c`: one thread per column.
+// out[j] = Σ_i partial[i, j] over `n` rows of `c`: a block of 32 × 32 threads per 32 columns.
+// Thread (x, y) adds the rows y, y + 32, … of column x; then the 32 sums of a column are added in
+// shared memory, in a fixed order: the same result on every run (no atomics).
 template <typename T>
 __device__ void sum_columns(const float* partial, T* out, int n, int c) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= c) return;
+    float* part = (float*)smem;  // (32, 33): the padding puts a column's 32 sums in different banks
+    int x = threadIdx.x & 31, y = threadIdx.x >> 5, j = blockIdx.x * 32 + x;
     float s = 0.0f;
-    for (int i = 0; i < n; i++) s += partial[(long)i * c + j];
-    store(out, j, s);
+    if (j < c)
+        for (int i = y; i < n; i += 32) s += partial[(long)i * c + j];
+    part[y * 33 + x] = s;
+    __syncthreads();
+    if (y == 0 && j < c) {
+        float t = 0.0f;
+        for (int k = 0; k < 32; k++) t += part[k * 33 + x];
+        store(out, j, t);
+    }
 }
 extern "C" __global__ void sum_columns_f32(const float* p, float* out, int n, int c) { sum_columns(p, out, n, c); }
 extern "C" __global__ void sum_columns_bf16(const float* p, bf16* out, int n, int c) { sum_columns(p, out, n, c); }
@@ -233,17 +269,17 @@ extern "C" __global__ void add_bias_bf16(const bf16* x, const bf16* b, bf16* y, 
 extern "C" __global__ void column_partial_sums_f32(const float* x, float* p, int n, int c) { column_partial_sums(x, p, n, c); }
 extern "C" __global__ void column_partial_sums_bf16(const bf16* x, float* p, int n, int c) { column_partial_sums(x, p, n, c); }
 
-extern "C" __global__ void norm_forward_f32(const float* x, const float* w, float* y, int c, int rms, float eps) {
-    norm_forward(x, w, y, c, rms, eps);
+extern "C" __global__ void norm_forward_f32(const float* x, const float* w, float* y, long n, int c, int rms, float eps) {
+    norm_forward(x, w, y, n, c, rms, eps);
 }
-extern "C" __global__ void norm_forward_bf16(const bf16* x, const float* w, bf16* y, int c, int rms, float eps) {
-    norm_forward(x, w, y, c, rms, eps);
+extern "C" __global__ void norm_forward_bf16(const bf16* x, const float* w, bf16* y, long n, int c, int rms, float eps) {
+    norm_forward(x, w, y, n, c, rms, eps);
 }
-extern "C" __global__ void norm_backward_x_f32(const float* x, const float* w, const float* dy, float* dx, int c, int rms, float eps) {
-    norm_backward_x(x, w, dy, dx, c, rms, eps);
+extern "C" __global__ void norm_backward_x_f32(const float* x, const float* w, const float* dy, float* dx, long n, int c, int rms, float eps) {
+    norm_backward_x(x, w, dy, dx, n, c, rms, eps);
 }
-extern "C" __global__ void norm_backward_x_bf16(const bf16* x, const float* w, const bf16* dy, bf16* dx, int c, int rms, float eps) {
-    norm_backward_x(x, w, dy, dx, c, rms, eps);
+extern "C" __global__ void norm_backward_x_bf16(const bf16* x, const float* w, const bf16* dy, bf16* dx, long n, int c, int rms, float eps) {
+    norm_backward_x(x, w, dy, dx, n, c, rms, eps);
 }
 extern "C" __global__ void norm_backward_w_f32(const float* x, const float* dy, float* partial, int n, int c, int rms, float eps) {
     norm_backward_w(x, dy, partial, n, c, rms, eps);
@@ -308,9 +344,6 @@ extern "C" __global__ void embedding_backward(const unsigned int* ids, const flo
     }
 }
 
-// Dynamic shared memory (its size is given at launch), for the kernels below that carve it up.
-extern __shared__ uint4 smem[];
-
 // start[b·T + i] = where token i's story begins in row b (the loader numbers a row's stories in
 // order, so a story starts wherever the id changes): the running maximum over the row of
 // "i if doc[i] ≠ doc[i − 1], else 0". One block of SCAN threads per row takes SCAN positions at
@@ -344,11 +377,6 @@ extern "C" __global__ void document_starts(const unsigned int* doc, unsigned int
 // One warp per query (forward, backward_q) or per key (backward_kv); lane l holds the numbers
 // l, l + 32, … of a head (hd ≤ 32·ATT_E). Scores, softmax and sums in f32.
 #define ATT_E 8
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Loads a head (hd numbers at p + at) into the lane's registers, times `scale`.
 template <typename T>
@@ -413,7 +441,7 @@ __device__ float attend(const T* row, const float* q, int i, int j0, long k_at, 
 // y (B, T, nh·hd) = softmax(q k^T / √hd) v over each query's story.
 template <typename T>
 __device__ void attention_forward(const T* qkv, const unsigned int* start, T* y, int t, int nh, int nkv, int hd, float scale, long n) {
-    long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    long w = warp_index();
     if (w >= n) return;  // n = B·nh·T warps; a whole warp leaves together
     int i = (int)(w % t), h = (int)(w / t % nh);
     long b = w / t / nh;
@@ -430,7 +458,7 @@ __device__ void attention_forward(const T* qkv, const unsigned int* start, T* y,
 // dq_i = Σ_j p_j (dy_i · v_j − D_i) k_j / √hd into dqkv's query slot.
 template <typename T>
 __device__ void attention_backward_q(const T* qkv, const T* dy, const unsigned int* start, T* dqkv, float* lse, float* dsum, int t, int nh, int nkv, int hd, float scale, long n) {
-    long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    long w = warp_index();
     if (w >= n) return;
     int i = (int)(w % t), h = (int)(w / t % nh);
     long b = w / t / nh;
@@ -465,7 +493,7 @@ __device__ void attention_backward_q(const T* qkv, const T* dy, const unsigned i
 // written into dqkv's key and value slots.
 template <typename T>
 __device__ void attention_backward_kv(const T* qkv, const T* dy, const unsigned int* start, const float* lse, const float* dsum, T* dqkv, int t, int nh, int nkv, int hd, float scale, long n) {
-    long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    long w = warp_index();
     if (w >= n) return;  // n = B·nkv·T warps
     int j = (int)(w % t), kh = (int)(w / t % nkv);
     long b = w / t / nkv;

@@ -1,7 +1,9 @@
 //! The CUDA side of the fused kernels ([`super::fused`], [`super::fused_norm`],
 //! [`super::embedding`], `train/adamw_fused.rs`): the kernels of `fused.cu`, compiled by NVRTC
-//! the first time one is needed (once per process). Row-wise kernels (softmax, cross-entropy,
-//! norms) run one thread block per row; element-wise ones stride over the elements.
+//! the first time one is needed (once per process). The softmax and the cross-entropy run one
+//! thread block per row (rows of thousands); the norms one warp per row (rows of hundreds); the
+//! attention kernels a warp per token, or a block of four warps per 64 tokens; element-wise ones
+//! stride over the elements.
 //! Each function picks the `_f32` or `_bf16` kernel by the inputs' dtype.
 
 use std::sync::OnceLock;
@@ -288,14 +290,15 @@ pub fn norm_forward(
     let c = *lx.dims().last().expect("a row axis");
     let n = lx.shape().elem_count() / c;
     let (xo, w, dev) = (offsets(lx)?, gain(w, lw)?, &x.device);
-    let (c32, rms, eps) = (c as i32, rms as i32, eps as f32);
+    let (n64, c32, rms, eps) = (n as i64, c as i32, rms as i32, eps as f32);
     let slice = match &x.slice {
         CudaStorageSlice::F32(xs) => {
             let xs = xs.slice(xo.0..xo.1);
             // SAFETY: the kernel writes every element.
             let y = unsafe { dev.alloc::<f32>(n * c)? };
-            kernel(dev, "norm_forward_f32")?.run(rows(n), |b| {
-                b.arg(&xs).arg(&w).arg(&y).arg(&c32).arg(&rms).arg(&eps);
+            kernel(dev, "norm_forward_f32")?.run(warps(n), |b| {
+                b.arg(&xs).arg(&w).arg(&y).arg(&n64).arg(&c32);
+                b.arg(&rms).arg(&eps);
             })?;
             CudaStorageSlice::F32(y)
         }
@@ -303,8 +306,9 @@ pub fn norm_forward(
             let xs = xs.slice(xo.0..xo.1);
             // SAFETY: as above.
             let y = unsafe { dev.alloc::<half::bf16>(n * c)? };
-            kernel(dev, "norm_forward_bf16")?.run(rows(n), |b| {
-                b.arg(&xs).arg(&w).arg(&y).arg(&c32).arg(&rms).arg(&eps);
+            kernel(dev, "norm_forward_bf16")?.run(warps(n), |b| {
+                b.arg(&xs).arg(&w).arg(&y).arg(&n64).arg(&c32);
+                b.arg(&rms).arg(&eps);
             })?;
             CudaStorageSlice::BF16(y)
         }
@@ -324,20 +328,15 @@ pub fn norm_backward_x(
     let c = *lx.dims().last().expect("a row axis");
     let n = lx.shape().elem_count() / c;
     let (xo, dyo, w, dev) = (offsets(lx)?, offsets(ldy)?, gain(w, lw)?, &x.device);
-    let (c32, rms, eps) = (c as i32, rms as i32, eps as f32);
+    let (n64, c32, rms, eps) = (n as i64, c as i32, rms as i32, eps as f32);
     let slice = match (&x.slice, &dy.slice) {
         (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(dys)) => {
             let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
             // SAFETY: the kernel writes every element.
             let dx = unsafe { dev.alloc::<f32>(n * c)? };
-            kernel(dev, "norm_backward_x_f32")?.run(rows(n), |b| {
-                b.arg(&xs)
-                    .arg(&w)
-                    .arg(&dys)
-                    .arg(&dx)
-                    .arg(&c32)
-                    .arg(&rms)
-                    .arg(&eps);
+            kernel(dev, "norm_backward_x_f32")?.run(warps(n), |b| {
+                b.arg(&xs).arg(&w).arg(&dys).arg(&dx);
+                b.arg(&n64).arg(&c32).arg(&rms).arg(&eps);
             })?;
             CudaStorageSlice::F32(dx)
         }
@@ -345,14 +344,9 @@ pub fn norm_backward_x(
             let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
             // SAFETY: as above.
             let dx = unsafe { dev.alloc::<half::bf16>(n * c)? };
-            kernel(dev, "norm_backward_x_bf16")?.run(rows(n), |b| {
-                b.arg(&xs)
-                    .arg(&w)
-                    .arg(&dys)
-                    .arg(&dx)
-                    .arg(&c32)
-                    .arg(&rms)
-                    .arg(&eps);
+            kernel(dev, "norm_backward_x_bf16")?.run(warps(n), |b| {
+                b.arg(&xs).arg(&w).arg(&dys).arg(&dx);
+                b.arg(&n64).arg(&c32).arg(&rms).arg(&eps);
             })?;
             CudaStorageSlice::BF16(dx)
         }
@@ -361,8 +355,9 @@ pub fn norm_backward_x(
     Ok((storage(slice, dev), lx.shape().clone()))
 }
 
-/// Norm backward for the gain: `dw = Σ_rows dy ⊙ x̂`, `(C)` f32. Blocks sum strided sets of
-/// rows into `(blocks, C)` partial sums, then one thread per column adds those up.
+/// Norm backward for the gain: `dw = Σ_rows dy ⊙ x̂`, `(C)` f32. Blocks of up to 8 warps (a
+/// warp per row at a time, each warp with its own `C` sums in shared memory) sum strided sets of
+/// rows into `(blocks, C)` partial sums, which [`sum_columns`] then adds up.
 pub fn norm_backward_w(
     (x, lx): (&CudaStorage, &Layout),
     (dy, ldy): (&CudaStorage, &Layout),
@@ -371,13 +366,19 @@ pub fn norm_backward_w(
 ) -> Result<(CudaStorage, Shape)> {
     let c = *lx.dims().last().expect("a row axis");
     let n = lx.shape().elem_count() / c;
-    let blocks = n.clamp(1, 256);
+    // Warps a block: their sums fill at most the 48 KB of shared memory a block gets by default.
+    let w = (12_288 / c.max(1)).clamp(1, 8);
+    if c * w * 4 > 49_152 {
+        candle_core::bail!("norm backward on CUDA: rows of {c} numbers, at most 12,288")
+    }
+    // About 16 rows per warp, at most 256 blocks.
+    let blocks = n.div_ceil(16 * w).clamp(1, 256);
     let (xo, dyo, dev) = (offsets(lx)?, offsets(ldy)?, &x.device);
     let (n32, c32, rms, eps) = (n as i32, c as i32, rms as i32, eps as f32);
     let config = LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: (c * 4) as u32,
+        block_dim: (32 * w as u32, 1, 1),
+        shared_mem_bytes: (w * c * 4) as u32,
     };
     // SAFETY: the kernel writes all blocks·c partial sums.
     let partial = unsafe { dev.alloc::<f32>(blocks * c)? };
@@ -410,16 +411,20 @@ pub fn norm_backward_w(
     }
     // SAFETY: the kernel writes all c sums.
     let dw = unsafe { dev.alloc::<f32>(c)? };
-    let columns = LaunchConfig {
-        grid_dim: (c.div_ceil(THREADS as usize) as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let blocks32 = blocks as i32;
-    kernel(dev, "sum_columns_f32")?.run(columns, |b| {
+    kernel(dev, "sum_columns_f32")?.run(sum_columns(c), |b| {
         b.arg(&partial).arg(&dw).arg(&blocks32).arg(&c32);
     })?;
     Ok((storage(CudaStorageSlice::F32(dw), dev), Shape::from(c)))
+}
+
+/// The launch of `sum_columns` over `c` columns: a block of 32 × 32 threads per 32 columns.
+fn sum_columns(c: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (c.div_ceil(32) as u32, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 32 * 33 * 4,
+    }
 }
 
 /// Enough blocks of `THREADS` to give every element a thread, capped (the kernels stride).
@@ -597,18 +602,14 @@ pub fn add_bias(
 pub fn column_sum(x: &CudaStorage, lx: &Layout, c: usize) -> Result<(CudaStorage, Shape)> {
     let (xo, dev) = (offsets(lx)?, &x.device);
     let n = (xo.1 - xo.0) / c;
-    let chunks = n.clamp(1, 128);
-    let column_blocks = c.div_ceil(THREADS as usize) as u32;
+    // Chunks of about 32 rows (a thread adds one column of a chunk), at most 1,024 of them.
+    let chunks = n.div_ceil(32).clamp(1, 1024);
     let config = LaunchConfig {
-        grid_dim: (column_blocks, chunks as u32, 1),
+        grid_dim: (c.div_ceil(THREADS as usize) as u32, chunks as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let columns = LaunchConfig {
-        grid_dim: (column_blocks, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let columns = sum_columns(c);
     let (n32, c32, chunks32) = (n as i32, c as i32, chunks as i32);
     // SAFETY: the kernel writes all chunks·c partial sums.
     let partial = unsafe { dev.alloc::<f32>(chunks * c)? };

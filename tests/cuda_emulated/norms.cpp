@@ -1,0 +1,112 @@
+// fused.cu's norm kernels (LayerNorm and RMSNorm: forward, backward for the input and for the
+// gain) and column sums (the bias gradient), run on the CPU through emulate.h with the launch
+// shapes model/fused_cuda.rs gives them, against references computed here in double: the
+// forward by its definition, the gradients by central finite differences of Σ dy ⊙ y. Rows of
+// 70 numbers (lanes that take three columns and lanes that take two), several blocks of warps.
+// Exits non-zero on a mismatch. Built and run by scripts/cuda-kernels.sh.
+#include <cstdio>
+#include <cstdint>
+#include "emulate.h"
+#include "../../tinygpt-lib/src/model/fused.cu"
+
+static double next_uniform(uint64_t& s) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(s >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+// y = norm(x) ⊙ w for one row, in double.
+static std::vector<double> norm_row(const double* x, const std::vector<double>& w, int c, bool rms, double eps) {
+    double m = 0, v = 0;
+    if (!rms) {
+        for (int j = 0; j < c; j++) m += x[j];
+        m /= c;
+    }
+    for (int j = 0; j < c; j++) v += (x[j] - m) * (x[j] - m);
+    double rstd = 1.0 / std::sqrt(v / c + eps);
+    std::vector<double> y(c);
+    for (int j = 0; j < c; j++) y[j] = (x[j] - m) * rstd * w[j];
+    return y;
+}
+
+static double max_error(const std::vector<float>& got, const std::vector<double>& want) {
+    double e = 0;
+    for (size_t i = 0; i < want.size(); i++) e = std::max(e, std::fabs(got[i] - want[i]));
+    return std::isnan(e) ? INFINITY : e;
+}
+
+static int check(const char* what, double err, double tol) {
+    bool ok = err < tol;
+    std::printf("%s: max error %.2e %s\n", what, err, ok ? "ok" : "FAILED");
+    return ok ? 0 : 1;
+}
+
+int main() {
+    const int n = 37, c = 70;
+    const float eps = 1e-5f;
+    uint64_t seed = 11;
+    std::vector<double> x(n * c), dy(n * c), w(c);
+    for (auto& v : x) v = 2.0 * next_uniform(seed) + 0.5;
+    for (auto& v : dy) v = next_uniform(seed);
+    for (auto& v : w) v = 1.0 + 0.5 * next_uniform(seed);
+    std::vector<float> xf(x.begin(), x.end()), dyf(dy.begin(), dy.end()), wf(w.begin(), w.end());
+    int failed = 0;
+    for (int rms = 0; rms < 2; rms++) {
+        const char* name = rms ? "RMSNorm" : "LayerNorm";
+        // References: y; dx by central differences of Σ dy ⊙ y; dw = Σ_rows dy ⊙ x̂ (= ∂/∂w).
+        std::vector<double> y(n * c), dx(n * c), dw(c, 0.0);
+        std::vector<double> ones(c, 1.0);
+        for (int r = 0; r < n; r++) {
+            const double* xr = &x[r * c];
+            auto yr = norm_row(xr, w, c, rms, eps);
+            auto xh = norm_row(xr, ones, c, rms, eps);
+            for (int j = 0; j < c; j++) {
+                y[r * c + j] = yr[j];
+                dw[j] += dy[r * c + j] * xh[j];
+            }
+            std::vector<double> xp(xr, xr + c);
+            for (int j = 0; j < c; j++) {
+                const double h = 1e-6;
+                double keep = xp[j], up = 0, down = 0;
+                xp[j] = keep + h;
+                auto a = norm_row(xp.data(), w, c, rms, eps);
+                xp[j] = keep - h;
+                auto b = norm_row(xp.data(), w, c, rms, eps);
+                xp[j] = keep;
+                for (int k = 0; k < c; k++) {
+                    up += dy[r * c + k] * a[k];
+                    down += dy[r * c + k] * b[k];
+                }
+                dx[r * c + j] = (up - down) / (2 * h);
+            }
+        }
+        // Forward and backward for x: a warp per row, blocks of four warps (fused_cuda::warps).
+        std::vector<float> yf(n * c, NAN), dxf(n * c, NAN);
+        unsigned blocks = (n * 32 + 127) / 128;
+        launch(Dim3{blocks, 1, 1}, 128, [&] { norm_forward_f32(xf.data(), wf.data(), yf.data(), n, c, rms, eps); });
+        launch(Dim3{blocks, 1, 1}, 128, [&] {
+            norm_backward_x_f32(xf.data(), wf.data(), dyf.data(), dxf.data(), n, c, rms, eps);
+        });
+        char what[96];
+        std::snprintf(what, sizeof what, "%s forward (%d rows of %d)", name, n, c);
+        failed += check(what, max_error(yf, y), 1e-5);
+        std::snprintf(what, sizeof what, "%s backward, dx", name);
+        failed += check(what, max_error(dxf, dx), 1e-4);
+        // Backward for the gain: 3 blocks of 4 warps, so that rows stride over blocks and warps,
+        // then the column sums of the partial sums.
+        std::vector<float> partial(3 * c, NAN), dwf(c, NAN);
+        launch(Dim3{3, 1, 1}, 128, [&] { norm_backward_w_f32(xf.data(), dyf.data(), partial.data(), n, c, rms, eps); });
+        launch(Dim3{(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), dwf.data(), 3, c); });
+        std::snprintf(what, sizeof what, "%s backward, dw", name);
+        failed += check(what, max_error(dwf, dw), 1e-4);
+    }
+    // The bias gradient: column sums of dy in chunks of rows, then the chunks' sums.
+    std::vector<double> sums(c, 0.0);
+    for (int r = 0; r < n; r++)
+        for (int j = 0; j < c; j++) sums[j] += dy[r * c + j];
+    const int chunks = 45;  // more than 32: the threads of sum_columns take several rows each
+    std::vector<float> partial(chunks * c, NAN), out(c, NAN);
+    launch(Dim3{1, chunks, 1}, 256, [&] { column_partial_sums_f32(dyf.data(), partial.data(), n, c); });
+    launch(Dim3{(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), out.data(), chunks, c); });
+    failed += check("column sums (bias gradient)", max_error(out, sums), 1e-5);
+    return failed ? 1 : 0;
+}
