@@ -4,10 +4,10 @@
 # on any machine, without a GPU: nvcc to PTX, then ptxas to machine code for the H100/H200
 # (sm_90) and the RTX 4090 (sm_89), which also checks the tensor-core instructions' PTX.
 # Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX, and the
-# attention kernels (warp and tensor-core ones), the document scan, the norms and the column sums,
-# run on the CPU by a small CUDA emulation (tests/cuda_emulated: a thread per GPU thread;
-# shuffles, tensor-core products and __syncthreads through barriers), must equal references
-# computed there in double, in value and gradient.
+# attention kernels (warp and tensor-core ones), the document scan, the norms, the column sums
+# and the cross-entropy, run on the CPU by a small CUDA emulation (tests/cuda_emulated: a thread
+# per GPU thread; shuffles, tensor-core products and __syncthreads through barriers), must equal
+# references computed there in double, in value and gradient.
 # CI runs it next to scripts/cuda-check.sh (which builds the Rust side), so that neither
 # half of the GPU path can rot unseen. The compiler comes from scripts/cuda-env.sh (PyPI wheels).
 set -euo pipefail
@@ -33,7 +33,7 @@ done
 [[ $missing == 0 ]] || exit 1
 echo "fused.cu: $(wc -l <<<"$entries") kernels compiled (compute_80 PTX) for sm_89 and sm_90; every kernel fused_cuda.rs names is there"
 command -v g++ >/dev/null || { echo "error: g++ (C++20) is needed for tests/cuda_emulated: install it (apt-get install g++)" >&2; exit 1; }
-for test in attention norms; do
+for test in attention rows; do
   g++ -std=c++20 -O2 -pthread -x c++ "tests/cuda_emulated/$test.cpp" -o "$OUT/$test"
   "$OUT/$test"
 done

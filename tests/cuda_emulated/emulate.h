@@ -1,11 +1,10 @@
-// Just enough of CUDA to run fused.cu's attention, norm and column-sum kernels on a CPU, for
-// checking them where there is no GPU (scripts/cuda-kernels.sh, in CI): each thread of a block is
-// a thread, the blocks run one after another, `__syncthreads` is a barrier of the block, and a
-// warp shuffle or a tensor-core product (`mma_16816`) is a barrier of the warp, a write of every
-// lane's part, a barrier and a read. Static `__shared__` arrays become locals, so the kernels that
-// use them (the block-per-row ones: softmax, cross-entropy) compile but are not run; dynamic shared
-// memory (`extern __shared__`) is one global array, which the block running at the time has to
-// itself.
+// Just enough of CUDA to run fused.cu's kernels on a CPU (the tests run the attention, norm,
+// column-sum and cross-entropy ones), for checking them where there is no GPU
+// (scripts/cuda-kernels.sh, in CI): each thread of a block is a thread, the blocks run one after
+// another, `__syncthreads` is a barrier of the block, and a warp shuffle or a tensor-core product
+// (`mma_16816`) is a barrier of the warp, a write of every lane's part, a barrier and a read.
+// Shared memory belongs to the block running at the time: `__shared__` arrays become `static`
+// ones, and the dynamic shared memory is one global array.
 #define TINYGPT_EMULATED
 #include <barrier>
 #include <cmath>
@@ -25,7 +24,7 @@ struct uint4 {
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __shared__
+#define __shared__ static
 thread_local std::barrier<>* block_sync;
 inline void __syncthreads() { block_sync->arrive_and_wait(); }
 uint4 smem[4096];  // fused.cu's dynamic shared memory (64 KB)

@@ -22,7 +22,10 @@ __device__ __forceinline__ void store(bf16* p, long i, float x) { p[i] = to_bf16
 #define NEG_INF __int_as_float(0xff800000)
 
 // Dynamic shared memory (its size is given at launch), for the kernels that carve it up.
+// (tests/cuda_emulated/emulate.h has its own.)
+#ifndef TINYGPT_EMULATED
 extern __shared__ uint4 smem[];
+#endif
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -105,6 +108,27 @@ extern "C" __global__ void softmax_backward_bf16(const bf16* y, const bf16* dy, 
 
 #define IGNORE 0xffffffffu
 
+// The maximum M of a block's row (v numbers at x + r) and Σ_j exp(x_j − M), in one pass over
+// the row (the online softmax of Milakov & Gimelshein 2018): each thread keeps the maximum and
+// the sum of its own numbers, rescaling the sum when the maximum grows, and the block combines
+// them. Rows of the logits are 50,304 numbers: one read of them instead of two.
+template <typename T>
+__device__ void row_max_and_sum(const T* x, long r, int v, float* max, float* sum) {
+    float m = NEG_INF, s = 0.0f;
+    for (int j = threadIdx.x; j < v; j += blockDim.x) {
+        float xj = load(x, r + j);
+        if (xj > m) {
+            s = s * __expf(m - xj) + 1.0f;  // 0 · … at the first number (m = −∞)
+            m = xj;
+        } else {
+            s += __expf(xj - m);
+        }
+    }
+    float mx = block_max(m);
+    *max = mx;
+    *sum = block_sum(m == NEG_INF ? 0.0f : s * __expf(m - mx));
+}
+
 // loss_i = logsumexp(x_i) − x_i[t_i] (0 where t_i is IGNORE); x: (N, V) f32 or bf16, loss f32.
 template <typename T>
 __device__ void cross_entropy(const T* x, const unsigned int* targets, float* loss, int v) {
@@ -112,12 +136,8 @@ __device__ void cross_entropy(const T* x, const unsigned int* targets, float* lo
     unsigned int t = targets[row];
     if (t == IGNORE) { if (threadIdx.x == 0) loss[row] = 0.0f; return; }
     if (t >= (unsigned int)v) { if (threadIdx.x == 0) loss[row] = __int_as_float(0x7fc00000); return; }  // NaN
-    float mx = NEG_INF;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, load(x, r + j));
-    mx = block_max(mx);
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) s += __expf(load(x, r + j) - mx);
-    s = block_sum(s);
+    float mx, s;
+    row_max_and_sum(x, r, v, &mx, &s);
     if (threadIdx.x == 0) loss[row] = logf(s) + mx - load(x, r + t);
 }
 
@@ -127,13 +147,9 @@ __device__ void cross_entropy_backward(const T* x, const unsigned int* targets, 
     long row = blockIdx.x, r = row * (long)v;
     unsigned int t = targets[row];
     if (t == IGNORE || t >= (unsigned int)v) { for (int j = threadIdx.x; j < v; j += blockDim.x) store(dx, r + j, 0.0f); return; }
-    float mx = NEG_INF;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, load(x, r + j));
-    mx = block_max(mx);
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) s += __expf(load(x, r + j) - mx);
-    float g = dloss[row] / block_sum(s);
-    float d = dloss[row];
+    float mx, s;
+    row_max_and_sum(x, r, v, &mx, &s);
+    float d = dloss[row], g = d / s;
     for (int j = threadIdx.x; j < v; j += blockDim.x)
         store(dx, r + j, __expf(load(x, r + j) - mx) * g - (j == (int)t ? d : 0.0f));
 }

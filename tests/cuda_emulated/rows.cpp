@@ -1,8 +1,11 @@
-// fused.cu's norm kernels (LayerNorm and RMSNorm: forward, backward for the input and for the
-// gain) and column sums (the bias gradient), run on the CPU through emulate.h with the launch
-// shapes model/fused_cuda.rs gives them, against references computed here in double: the
-// forward by its definition, the gradients by central finite differences of Σ dy ⊙ y. Rows of
-// 70 numbers (lanes that take three columns and lanes that take two), several blocks of warps.
+// fused.cu's kernels over rows, run on the CPU through emulate.h with the launch shapes
+// model/fused_cuda.rs gives them, against references computed here in double:
+// - the norms (LayerNorm and RMSNorm: forward, backward for the input and for the gain): the
+//   forward by its definition, the gradients by central finite differences of Σ dy ⊙ y, on rows of
+//   70 numbers (lanes that take three columns and lanes that take two) over several blocks;
+// - the column sums of the bias gradient;
+// - the cross-entropy, forward and backward, on rows of 1,000 logits, among them rows whose
+//   maximum keeps growing or comes first, an ignored target and one out of range.
 // Exits non-zero on a mismatch. Built and run by scripts/cuda-kernels.sh.
 #include <cstdio>
 #include <cstdint>
@@ -38,6 +41,38 @@ static int check(const char* what, double err, double tol) {
     bool ok = err < tol;
     std::printf("%s: max error %.2e %s\n", what, err, ok ? "ok" : "FAILED");
     return ok ? 0 : 1;
+}
+
+// Cross-entropy of rows of v logits: loss = logsumexp(x) − x[t], dx = (softmax(x) − onehot(t))·dl.
+static int check_cross_entropy(uint64_t& seed) {
+    const int n = 6, v = 1000;
+    std::vector<double> x(n * v), dl(n);
+    for (int r = 0; r < n; r++)
+        for (int j = 0; j < v; j++)
+            x[r * v + j] = r == 0 ? 0.01 * j : r == 1 ? -0.01 * j : 5.0 * next_uniform(seed);
+    for (auto& d : dl) d = next_uniform(seed);
+    std::vector<unsigned> t = {999, 3, 500, IGNORE, 7, (unsigned)v};  // an ignored row, one out of range
+    std::vector<double> loss(n, 0.0), dx(n * v, 0.0);
+    for (int r = 0; r < n; r++) {
+        if (t[r] == IGNORE) continue;
+        if (t[r] >= (unsigned)v) { loss[r] = NAN; continue; }
+        double m = -INFINITY, s = 0;
+        for (int j = 0; j < v; j++) m = std::max(m, x[r * v + j]);
+        for (int j = 0; j < v; j++) s += std::exp(x[r * v + j] - m);
+        loss[r] = std::log(s) + m - x[r * v + t[r]];
+        for (int j = 0; j < v; j++) dx[r * v + j] = (std::exp(x[r * v + j] - m) / s - (j == (int)t[r])) * dl[r];
+    }
+    std::vector<float> xf(x.begin(), x.end()), dlf(dl.begin(), dl.end()), lossf(n, 12345.0f), dxf(n * v, NAN);
+    launch(Dim3{n, 1, 1}, 256, [&] { cross_entropy_f32(xf.data(), t.data(), lossf.data(), v); });
+    launch(Dim3{n, 1, 1}, 256, [&] { cross_entropy_backward_f32(xf.data(), t.data(), dlf.data(), dxf.data(), v); });
+    // The out-of-range row must give NaN; compare the others.
+    bool nan_ok = std::isnan(lossf[5]);
+    lossf[5] = 0.0f;
+    loss[5] = 0.0;
+    int failed = check("cross-entropy forward (rows of 1,000)", max_error(lossf, loss), 1e-5);
+    failed += check("cross-entropy backward", max_error(dxf, dx), 1e-6);
+    std::printf("cross-entropy with a target out of range: %s\n", nan_ok ? "NaN, ok" : "not NaN, FAILED");
+    return failed + !nan_ok;
 }
 
 int main() {
@@ -108,5 +143,6 @@ int main() {
     launch(Dim3{1, chunks, 1}, 256, [&] { column_partial_sums_f32(dyf.data(), partial.data(), n, c); });
     launch(Dim3{(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), out.data(), chunks, c); });
     failed += check("column sums (bias gradient)", max_error(out, sums), 1e-5);
+    failed += check_cross_entropy(seed);
     return failed ? 1 : 0;
 }
