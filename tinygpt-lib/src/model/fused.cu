@@ -112,13 +112,15 @@ extern "C" __global__ void softmax_backward_bf16(const bf16* y, const bf16* dy, 
 // the row (the online softmax of Milakov & Gimelshein 2018): each thread keeps the maximum and
 // the sum of its own numbers, rescaling the sum when the maximum grows, and the block combines
 // them. Rows of the logits are 50,304 numbers: one read of them instead of two.
+// The running maximum starts at the lowest finite float rather than −∞, so that a −∞ logit adds
+// exp(−∞) = 0 to the sum instead of exp(−∞ + ∞) = NaN.
 template <typename T>
 __device__ void row_max_and_sum(const T* x, long r, int v, float* max, float* sum) {
-    float m = NEG_INF, s = 0.0f;
+    float m = -3.402823466e38f, s = 0.0f;
     for (int j = threadIdx.x; j < v; j += blockDim.x) {
         float xj = load(x, r + j);
         if (xj > m) {
-            s = s * __expf(m - xj) + 1.0f;  // 0 · … at the first number (m = −∞)
+            s = s * __expf(m - xj) + 1.0f;
             m = xj;
         } else {
             s += __expf(xj - m);
@@ -126,7 +128,7 @@ __device__ void row_max_and_sum(const T* x, long r, int v, float* max, float* su
     }
     float mx = block_max(m);
     *max = mx;
-    *sum = block_sum(m == NEG_INF ? 0.0f : s * __expf(m - mx));
+    *sum = block_sum(s * __expf(m - mx));
 }
 
 // loss_i = logsumexp(x_i) − x_i[t_i] (0 where t_i is IGNORE); x: (N, V) f32 or bf16, loss f32.
