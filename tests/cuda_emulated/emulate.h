@@ -1,5 +1,5 @@
 // Just enough of CUDA to run fused.cu's kernels on a CPU (the tests run the attention, norm,
-// column-sum and cross-entropy ones), for checking them where there is no GPU
+// softmax, column-sum and cross-entropy ones), for checking them where there is no GPU
 // (scripts/cuda-kernels.sh, in CI): each thread of a block is a thread, the blocks run one after
 // another, `__syncthreads` is a barrier of the block, and a warp shuffle or a tensor-core product
 // (`mma_16816`) is a barrier of the warp, a write of every lane's part, a barrier and a read.

@@ -4,6 +4,8 @@
 //   forward by its definition, the gradients by central finite differences of Σ dy ⊙ y, on rows of
 //   70 numbers (lanes that take three columns and lanes that take two) over several blocks;
 // - the column sums of the bias gradient;
+// - the masked softmax of the composed attention and its backward, with a causal mask shared by
+//   the batch and a document mask per batch row;
 // - the cross-entropy, forward and backward, on rows of 1,000 logits, among them rows whose
 //   maximum keeps growing or comes first, one that starts with −∞ logits, an ignored target and one
 //   out of range.
@@ -47,6 +49,47 @@ static int check(const char* what, double err, double tol) {
     bool ok = err < tol;
     std::printf("%s: max error %.2e %s\n", what, err, ok ? "ok" : "FAILED");
     return ok ? 0 : 1;
+}
+
+// softmax(x + mask) over rows of tk, x (B, H, T, Tk), mask (B or 1, 1, T, Tk), and its backward
+// dx = y ⊙ (dy − Σ dy ⊙ y), against double; one warp per row, blocks of four warps.
+static int check_softmax(uint64_t& seed) {
+    const int b = 2, h = 3, t = 5, tk = 70, n = b * h * t;
+    std::vector<double> x(n * tk), dy(n * tk);
+    for (auto& v : x) v = 3.0 * next_uniform(seed);
+    for (auto& v : dy) v = next_uniform(seed);
+    int failed = 0;
+    for (int mb : {1, b}) {
+        // The row i of the mask lets i see the columns up to tk − t + i (a causal mask past 65
+        // cached columns), and, per batch row (mb = b), not the columns below 3·bi.
+        std::vector<double> mask(mb * t * tk);
+        for (int bi = 0; bi < mb; bi++)
+            for (int i = 0; i < t; i++)
+                for (int j = 0; j < tk; j++)
+                    mask[(bi * t + i) * tk + j] = j <= tk - t + i && j >= 3 * bi * (mb > 1) ? 0.0 : -INFINITY;
+        std::vector<double> y(n * tk), dx(n * tk);
+        for (int row = 0; row < n; row++) {
+            int bi = row / (h * t), i = row % t;
+            const double* mr = &mask[((mb == 1 ? 0 : bi) * t + i) * tk];
+            double m = -INFINITY, s = 0, dot = 0;
+            for (int j = 0; j < tk; j++) m = std::max(m, x[row * tk + j] + mr[j]);
+            for (int j = 0; j < tk; j++) s += std::exp(x[row * tk + j] + mr[j] - m);
+            for (int j = 0; j < tk; j++) y[row * tk + j] = std::exp(x[row * tk + j] + mr[j] - m) / s;
+            for (int j = 0; j < tk; j++) dot += y[row * tk + j] * dy[row * tk + j];
+            for (int j = 0; j < tk; j++) dx[row * tk + j] = y[row * tk + j] * (dy[row * tk + j] - dot);
+        }
+        std::vector<float> xf(x.begin(), x.end()), mf(mask.begin(), mask.end()), dyf(dy.begin(), dy.end());
+        std::vector<float> yf(n * tk, NAN), yin(y.begin(), y.end()), dxf(n * tk, NAN);
+        unsigned blocks = (n * 32 + 127) / 128;
+        launch(Dim3{blocks, 1, 1}, 128, [&] { masked_softmax_f32(xf.data(), mf.data(), yf.data(), n, h, t, tk, mb); });
+        launch(Dim3{blocks, 1, 1}, 128, [&] { softmax_backward_f32(yin.data(), dyf.data(), dxf.data(), n, tk); });
+        char what[96];
+        std::snprintf(what, sizeof what, "masked softmax (%d rows of %d, mask batch %d)", n, tk, mb);
+        failed += check(what, max_error(yf, y), 1e-6);
+        std::snprintf(what, sizeof what, "softmax backward (mask batch %d)", mb);
+        failed += check(what, max_error(dxf, dx), 1e-6);
+    }
+    return failed;
 }
 
 // Cross-entropy of rows of v logits: loss = logsumexp(x) − x[t], dx = (softmax(x) − onehot(t))·dl.
@@ -150,6 +193,7 @@ int main() {
     launch(Dim3{1, chunks, 1}, 256, [&] { column_partial_sums_f32(dyf.data(), partial.data(), n, c); });
     launch(Dim3{(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), out.data(), chunks, c); });
     failed += check("column sums (bias gradient)", max_error(out, sums), 1e-5);
+    failed += check_softmax(seed);
     failed += check_cross_entropy(seed);
     return failed ? 1 : 0;
 }

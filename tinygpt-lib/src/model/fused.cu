@@ -31,6 +31,10 @@ __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
 
 // The index of the calling thread's warp in the grid (kernels that give each warp one item).
 __device__ __forceinline__ long warp_index() { return ((long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }
@@ -66,44 +70,50 @@ __device__ float block_sum(float v) {
 }
 
 // y = softmax(x + mask) over rows of `tk`; x, y: (B, H, T, Tk); mask: (B or 1, 1, T, Tk).
+// One warp per row (n = B·H·T rows), as the norms below: rows of a few hundred scores.
 template <typename T>
-__device__ void masked_softmax(const T* x, const T* mask, T* y, int h, int t, int tk, int mask_batch) {
-    long row = blockIdx.x;
+__device__ void masked_softmax(const T* x, const T* mask, T* y, long n, int h, int t, int tk, int mask_batch) {
+    long row = warp_index();
+    if (row >= n) return;  // a whole warp leaves together
     long b = row / ((long)h * t), i = row % t;
     long m = (mask_batch == 1 ? i : b * t + i) * tk;
     long r = row * tk;
+    int lane = threadIdx.x & 31;
     float mx = NEG_INF;
-    for (int j = threadIdx.x; j < tk; j += blockDim.x) mx = fmaxf(mx, load(x, r + j) + load(mask, m + j));
-    mx = block_max(mx);
+    for (int j = lane; j < tk; j += 32) mx = fmaxf(mx, load(x, r + j) + load(mask, m + j));
+    mx = warp_max(mx);
     float s = 0.0f;
-    for (int j = threadIdx.x; j < tk; j += blockDim.x) s += __expf(load(x, r + j) + load(mask, m + j) - mx);
-    float inv = 1.0f / block_sum(s);
-    for (int j = threadIdx.x; j < tk; j += blockDim.x)
+    for (int j = lane; j < tk; j += 32) s += __expf(load(x, r + j) + load(mask, m + j) - mx);
+    float inv = 1.0f / warp_sum(s);
+    for (int j = lane; j < tk; j += 32)
         store(y, r + j, __expf(load(x, r + j) + load(mask, m + j) - mx) * inv);
 }
 
-// dx = y ⊙ (dy − Σ dy⊙y) over rows of `n`.
+// dx = y ⊙ (dy − Σ dy⊙y) over `n` rows of `c`, one warp per row.
 template <typename T>
-__device__ void softmax_backward(const T* y, const T* dy, T* dx, int n) {
-    long r = (long)blockIdx.x * n;
+__device__ void softmax_backward(const T* y, const T* dy, T* dx, long n, int c) {
+    long row = warp_index();
+    if (row >= n) return;
+    long r = row * c;
+    int lane = threadIdx.x & 31;
     float dot = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) dot += load(y, r + j) * load(dy, r + j);
-    dot = block_sum(dot);
-    for (int j = threadIdx.x; j < n; j += blockDim.x)
+    for (int j = lane; j < c; j += 32) dot += load(y, r + j) * load(dy, r + j);
+    dot = warp_sum(dot);
+    for (int j = lane; j < c; j += 32)
         store(dx, r + j, load(y, r + j) * (load(dy, r + j) - dot));
 }
 
-extern "C" __global__ void masked_softmax_f32(const float* x, const float* mask, float* y, int h, int t, int tk, int mb) {
-    masked_softmax(x, mask, y, h, t, tk, mb);
+extern "C" __global__ void masked_softmax_f32(const float* x, const float* mask, float* y, long n, int h, int t, int tk, int mb) {
+    masked_softmax(x, mask, y, n, h, t, tk, mb);
 }
-extern "C" __global__ void masked_softmax_bf16(const bf16* x, const bf16* mask, bf16* y, int h, int t, int tk, int mb) {
-    masked_softmax(x, mask, y, h, t, tk, mb);
+extern "C" __global__ void masked_softmax_bf16(const bf16* x, const bf16* mask, bf16* y, long n, int h, int t, int tk, int mb) {
+    masked_softmax(x, mask, y, n, h, t, tk, mb);
 }
-extern "C" __global__ void softmax_backward_f32(const float* y, const float* dy, float* dx, int n) {
-    softmax_backward(y, dy, dx, n);
+extern "C" __global__ void softmax_backward_f32(const float* y, const float* dy, float* dx, long n, int c) {
+    softmax_backward(y, dy, dx, n, c);
 }
-extern "C" __global__ void softmax_backward_bf16(const bf16* y, const bf16* dy, bf16* dx, int n) {
-    softmax_backward(y, dy, dx, n);
+extern "C" __global__ void softmax_backward_bf16(const bf16* y, const bf16* dy, bf16* dx, long n, int c) {
+    softmax_backward(y, dy, dx, n, c);
 }
 
 #define IGNORE 0xffffffffu

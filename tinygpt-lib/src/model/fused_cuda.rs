@@ -1,7 +1,7 @@
 //! The CUDA side of the fused kernels ([`super::fused`], [`super::fused_norm`],
 //! [`super::embedding`], `train/adamw_fused.rs`): the kernels of `fused.cu`, compiled by NVRTC
-//! the first time one is needed (once per process). The softmax and the cross-entropy run one
-//! thread block per row (rows of thousands); the norms one warp per row (rows of hundreds); the
+//! the first time one is needed (once per process). The cross-entropy runs one thread block per
+//! row (rows of 50,304 logits); the softmax and the norms one warp per row (rows of hundreds); the
 //! attention kernels a warp per token, or a block of four warps per 64 tokens; element-wise ones
 //! stride over the elements.
 //! Each function picks the `_f32` or `_bf16` kernel by the inputs' dtype.
@@ -72,8 +72,8 @@ fn offsets(l: &Layout) -> Result<(usize, usize)> {
         .ok_or_else(|| candle_core::Error::Msg("fused kernel: input not contiguous".into()))
 }
 
-/// Launches kernel `name(a, b, out, ints…)` over `n_rows` rows; `out` has `len` elements.
-fn launch_rows<T: DeviceRepr>(
+/// Launches kernel `name(a, b, out, n_rows, ints…)`, one warp per row; `out` has `len` elements.
+fn launch_warp_rows<T: DeviceRepr>(
     dev: &CudaDevice,
     name: &str,
     (a, b): (&CudaView<T>, &CudaView<T>),
@@ -86,17 +86,18 @@ fn launch_rows<T: DeviceRepr>(
     let f = function(dev, name)?;
     let stream = dev.cuda_stream();
     let mut builder = stream.launch_builder(&f);
-    builder.arg(a).arg(b).arg(&out);
+    let n64 = n_rows as i64;
+    builder.arg(a).arg(b).arg(&out).arg(&n64);
     for i in ints {
         builder.arg(i);
     }
     // SAFETY: the arguments match the kernel's signature in fused.cu.
-    unsafe { builder.launch(rows(n_rows)) }.w()?;
+    unsafe { builder.launch(warps(n_rows)) }.w()?;
     Ok(out)
 }
 
 /// Runs `{kernel}_f32` or `{kernel}_bf16` (by the inputs' dtype) on two inputs of one dtype,
-/// one block per row of `a`'s last axis; the output has `a`'s shape.
+/// one warp per row of `a`'s last axis; the output has `a`'s shape.
 fn two_inputs(
     kernel: &str,
     (a, la): (&CudaStorage, &Layout),
@@ -110,12 +111,12 @@ fn two_inputs(
         (CudaStorageSlice::F32(x), CudaStorageSlice::F32(y)) => {
             let inputs = (&x.slice(ao.0..ao.1), &y.slice(bo.0..bo.1));
             let name = format!("{kernel}_f32");
-            CudaStorageSlice::F32(launch_rows(dev, &name, inputs, len, ints, n_rows)?)
+            CudaStorageSlice::F32(launch_warp_rows(dev, &name, inputs, len, ints, n_rows)?)
         }
         (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(y)) => {
             let inputs = (&x.slice(ao.0..ao.1), &y.slice(bo.0..bo.1));
             let name = format!("{kernel}_bf16");
-            CudaStorageSlice::BF16(launch_rows(dev, &name, inputs, len, ints, n_rows)?)
+            CudaStorageSlice::BF16(launch_warp_rows(dev, &name, inputs, len, ints, n_rows)?)
         }
         _ => candle_core::bail!("{kernel} on CUDA: f32 or bf16 inputs of one dtype"),
     };
