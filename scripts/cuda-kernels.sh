@@ -5,9 +5,10 @@
 # (sm_90) and the RTX 4090 (sm_89), which also checks the tensor-core instructions' PTX.
 # Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX, and the
 # attention kernels (warp and tensor-core ones), the document scan, the norms, the softmax, the
-# column sums and the cross-entropy, run on the CPU by a small CUDA emulation (tests/cuda_emulated: a thread
-# per GPU thread; shuffles, tensor-core products and __syncthreads through barriers), must equal
-# references computed there in double, in value and gradient.
+# column sums and the cross-entropy, run on the CPU by a small CUDA emulation
+# (tests/cuda_emulated: a thread per GPU thread; shuffles, tensor-core products and
+# __syncthreads through barriers), must equal references computed there in double, in value and
+# gradient.
 # CI runs it next to scripts/cuda-check.sh (which builds the Rust side), so that neither
 # half of the GPU path can rot unseen. The compiler comes from scripts/cuda-env.sh (PyPI wheels).
 set -euo pipefail
