@@ -734,7 +734,7 @@ fn u32_view<'a>(x: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'
     }
 }
 
-/// One warp per item (a query or a key) for the warp kernels, four warps per block.
+/// One warp per item (a row of a norm or a softmax, a query or a key), four warps per block.
 fn warps(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: ((n * 32).div_ceil(128) as u32, 1, 1),
