@@ -47,14 +47,21 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
 }
 
 /// Whether the GPU has bf16 tensor cores that `mma.sync` reaches: compute capability ≥ 8.0.
+/// Every kernel launch asks ([`function`]), so the answer is kept per GPU (by ordinal).
 fn tensor_cores(dev: &CudaDevice) -> Result<bool> {
-    let (major, _) = dev
-        .cuda_stream()
-        .context()
-        .compute_capability()
-        .map_err(|e| {
-            candle_core::Error::Msg(format!("reading the GPU's compute capability: {e}"))
-        })?;
+    static KNOWN: [OnceLock<bool>; 16] = [const { OnceLock::new() }; 16];
+    let stream = dev.cuda_stream();
+    let context = stream.context();
+    let known = KNOWN.get(context.ordinal());
+    if let Some(&answer) = known.and_then(OnceLock::get) {
+        return Ok(answer);
+    }
+    let (major, _) = context.compute_capability().map_err(|e| {
+        candle_core::Error::Msg(format!("reading the GPU's compute capability: {e}"))
+    })?;
+    if let Some(cell) = known {
+        let _ = cell.set(major >= 8);
+    }
     Ok(major >= 8)
 }
 
