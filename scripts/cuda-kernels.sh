@@ -5,7 +5,7 @@
 # (sm_90) and the RTX 4090 (sm_89), which also checks the tensor-core instructions' PTX.
 # Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX, and the
 # attention kernels (warp and tensor-core ones), the document scan, the norms, the softmax, the
-# column sums and the cross-entropy, run on the CPU by a small CUDA emulation
+# column sums, the cross-entropy and the sum of squares, run on the CPU by a small CUDA emulation
 # (tests/cuda_emulated: a thread per GPU thread; shuffles, tensor-core products and
 # __syncthreads through barriers), must equal references computed there in double, in value and
 # gradient.

@@ -399,6 +399,26 @@ fn adamw_in_place_update_on_the_gpu_equals_the_cpu() {
 }
 
 #[test]
+fn sum_of_squares_on_the_gpu_equals_the_sum_by_hand_run_after_run() {
+    use tinygpt::train::sum_of_squares;
+    // 5,000,003 numbers: more than the 1,024 blocks of 4,096 the grid grows to, and a tail after
+    // the last 16-byte pack; then the same from an odd offset, read a number at a time.
+    let (x, want) = tinygpt_tests::sevens(5_000_003);
+    let all = Tensor::from_vec(x, 5_000_003, &gpu()).unwrap();
+    let rest = all.narrow(0, 1, 5_000_002).unwrap();
+    let want_rest = want - 9.0; // x_0 = −3
+    for (x, want) in [(&all, want), (&rest, want_rest)] {
+        let a = sum_of_squares(x).unwrap().to_scalar::<f32>().unwrap();
+        let b = sum_of_squares(x).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(a.to_bits(), b.to_bits(), "the same sum every run");
+        assert!(
+            (a as f64 - want).abs() < 1e-6 * want,
+            "{a} vs {want} by hand"
+        );
+    }
+}
+
+#[test]
 fn fused_cuda_attention_equals_the_cpu_kernel_in_value_and_gradient() {
     use tinygpt::candle_core::Var;
     use tinygpt::model::fused_attention::{attention, Documents};

@@ -1,7 +1,7 @@
 //! Training: the optimizer and schedule against values computed by hand; exact resume; data
 //! parallel against gradient accumulation; the run loop's checkpoints and its NaN handling.
 
-use tinygpt::candle_core::{Device, Tensor, Var};
+use tinygpt::candle_core::{DType, Device, Tensor, Var};
 use tinygpt::model::params::{Init, ParamBuilder, WeightSource};
 use tinygpt::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
 
@@ -154,6 +154,34 @@ fn gradient_norm_and_clipping_factor() {
     assert!((norm - 5.0).abs() < 1e-6);
     assert!((clip_factor(norm, 1.0) - 0.2).abs() < 1e-6);
     assert_eq!(clip_factor(0.5, 1.0), 1.0);
+}
+
+#[test]
+fn sum_of_squares_over_chunks_equals_the_sum_by_hand() {
+    use tinygpt::train::sum_of_squares;
+    use tinygpt_tests::sevens;
+    let dev = Device::Cpu;
+    // 200,004 numbers: three full CPU chunks of 65,536 and a partial one; 28,572 runs of seven.
+    let (x, want) = sevens(200_004);
+    assert_eq!(want, 800_016.0);
+    let t = Tensor::from_vec(x, (4, 50_001, 1), &dev).unwrap();
+    let got = sum_of_squares(&t).unwrap();
+    assert_eq!(got.dims(), &[] as &[usize]);
+    assert_eq!(got.to_scalar::<f32>().unwrap(), 800_016.0);
+    // A strided view and f64 numbers take the same path (made contiguous f32 first).
+    let col = Tensor::new(&[[1f64, 2.0], [3.0, 4.0]], &dev)
+        .unwrap()
+        .t()
+        .unwrap();
+    assert_eq!(
+        sum_of_squares(&col).unwrap().to_scalar::<f32>().unwrap(),
+        30.0
+    );
+    let empty = Tensor::zeros(0, DType::F32, &dev).unwrap();
+    assert_eq!(
+        sum_of_squares(&empty).unwrap().to_scalar::<f32>().unwrap(),
+        0.0
+    );
 }
 
 /// Shards of the TinyStories sample tokenized with a small BPE trained on it, in a temp folder

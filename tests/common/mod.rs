@@ -156,6 +156,14 @@ pub fn max_abs_diff(a: &tinygpt::candle_core::Tensor, b: &tinygpt::candle_core::
         .unwrap()
 }
 
+/// `n` numbers `x_i = (i mod 7) − 3` and the sum of their squares, by hand: each run of seven
+/// gives 9 + 4 + 1 + 0 + 1 + 4 + 9 = 28.
+pub fn sevens(n: usize) -> (Vec<f32>, f64) {
+    let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+    let tail: f64 = x[n / 7 * 7..].iter().map(|&a| (a * a) as f64).sum();
+    (x, (n / 7 * 28) as f64 + tail)
+}
+
 /// Three stories of a few tokens, each opened by `eos`.
 pub fn three_stories(eos: u32) -> [Vec<u32>; 3] {
     [

@@ -20,6 +20,7 @@ Dim3 blockDim, gridDim;
 struct uint4 {
     unsigned x, y, z, w;
 };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
 #define __global__
 #define __device__
@@ -45,6 +46,8 @@ struct Warp {
     unsigned frag[32][6];  // each lane's a[0..3], b[0..1] of an mma_16816
 };
 thread_local Warp* warp;
+
+inline void __syncwarp(unsigned = 0xffffffffu) { warp->sync.arrive_and_wait(); }
 
 inline float __shfl_xor_sync(unsigned, float v, int o) {
     int lane = threadIdx.x & 31;

@@ -1,14 +1,18 @@
 // fused.cu's kernels over rows, run on the CPU through emulate.h with the launch shapes
-// model/fused_cuda.rs gives them, against references computed here in double:
+// model/fused_cuda.rs gives them, against references computed here in double. Each runs both
+// ways it can read memory: 16 bytes at a time (rows or vectors that are a whole number of aligned
+// packs) and one number at a time (the others).
 // - the norms (LayerNorm and RMSNorm: forward, backward for the input and for the gain): the
 //   forward by its definition, the gradients by central finite differences of Σ dy ⊙ y, on rows of
-//   70 numbers (lanes that take three columns and lanes that take two) over several blocks;
-// - the column sums of the bias gradient;
+//   70 numbers (lanes that take three columns and lanes that take two) and of 160 (40 packs of 4)
+//   over several blocks;
+// - the column sums of the bias gradient, and the sum of squares of the gradient norm;
+// - GELU, forward and backward, and the bias add, in f32 and bf16;
 // - the masked softmax of the composed attention and its backward, with a causal mask shared by
-//   the batch and a document mask per batch row;
-// - the cross-entropy, forward and backward, on rows of 1,000 logits, among them rows whose
-//   maximum keeps growing or comes first, one that starts with −∞ logits, an ignored target and one
-//   out of range.
+//   the batch and a document mask per batch row, on rows of 70 and 80;
+// - the cross-entropy, forward and backward, in f32 and bf16, on rows of 1,000 logits and of
+//   999, among them rows whose maximum keeps growing or comes first, one that starts with −∞
+//   logits, an ignored target and one out of range.
 // Exits non-zero on a mismatch. Built and run by scripts/cuda-kernels.sh.
 #include <cstdio>
 #include <cstdint>
@@ -45,6 +49,28 @@ static double max_error(const std::vector<float>& got, const std::vector<double>
     return e;
 }
 
+// The largest error relative to the wanted number (exact zeros must come out exactly).
+static double max_relative_error(const std::vector<float>& got, const std::vector<double>& want) {
+    double e = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        double d = std::fabs(got[i] - want[i]) / std::max(std::fabs(want[i]), 1e-30);
+        if (std::isnan(d) || d > e) e = d;
+        if (std::isnan(e)) return INFINITY;
+    }
+    return e;
+}
+
+// The largest error as a share of what rounding to T allows: |got − want| ≤ rel·|want| + abs.
+static double max_share_of_bound(const std::vector<float>& got, const std::vector<double>& want, double rel, double abs) {
+    double e = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        double d = std::fabs(got[i] - want[i]) / (rel * std::fabs(want[i]) + abs);
+        if (std::isnan(d) || d > e) e = d;
+        if (std::isnan(e)) return INFINITY;
+    }
+    return e;
+}
+
 static int check(const char* what, double err, double tol) {
     bool ok = err < tol;
     std::printf("%s: max error %.2e %s\n", what, err, ok ? "ok" : "FAILED");
@@ -53,8 +79,8 @@ static int check(const char* what, double err, double tol) {
 
 // softmax(x + mask) over rows of tk, x (B, H, T, Tk), mask (B or 1, 1, T, Tk), and its backward
 // dx = y ⊙ (dy − Σ dy ⊙ y), against double; one warp per row, blocks of four warps.
-static int check_softmax(uint64_t& seed) {
-    const int b = 2, h = 3, t = 5, tk = 70, n = b * h * t;
+static int check_softmax(uint64_t& seed, int tk) {
+    const int b = 2, h = 3, t = 5, n = b * h * t;
     std::vector<double> x(n * tk), dy(n * tk);
     for (auto& v : x) v = 3.0 * next_uniform(seed);
     for (auto& v : dy) v = next_uniform(seed);
@@ -86,49 +112,100 @@ static int check_softmax(uint64_t& seed) {
         char what[96];
         std::snprintf(what, sizeof what, "masked softmax (%d rows of %d, mask batch %d)", n, tk, mb);
         failed += check(what, max_error(yf, y), 1e-6);
-        std::snprintf(what, sizeof what, "softmax backward (mask batch %d)", mb);
+        std::snprintf(what, sizeof what, "softmax backward (rows of %d, mask batch %d)", tk, mb);
         failed += check(what, max_error(dxf, dx), 1e-6);
     }
     return failed;
 }
 
-// Cross-entropy of rows of v logits: loss = logsumexp(x) − x[t], dx = (softmax(x) − onehot(t))·dl.
-static int check_cross_entropy(uint64_t& seed) {
-    const int n = 6, v = 1000;
-    std::vector<double> x(n * v), dl(n);
+// Cross-entropy of rows of v logits: loss = logsumexp(x) − x[t], dx = (softmax(x) − onehot(t))·dl,
+// the backward from the forward's own losses, as on the GPU. T is float or bf16 (the reference
+// takes the logits as rounded to T); v a multiple of 16 bytes' worth of T (rows read 16 bytes at
+// a time) or not (a number at a time).
+template <typename T, typename F, typename B>
+static int check_cross_entropy(uint64_t& seed, int v, const char* type, F forward, B backward) {
+    const int n = 6;
+    std::vector<T> x(n * v);
+    std::vector<double> dl(n);
     for (int r = 0; r < n; r++)
-        for (int j = 0; j < v; j++)
-            x[r * v + j] = r == 0 ? 0.01 * j : r == 1 ? -0.01 * j : 5.0 * next_uniform(seed);
-    for (int j = 0; j < 300; j++) x[2 * v + j] = -INFINITY;  // a masked-out start of a row
+        for (int j = 0; j < v; j++) {
+            float a = r == 0 ? 0.01f * j : r == 1 ? -0.01f * j : 5.0f * (float)next_uniform(seed);
+            store(x.data(), r * v + j, j < 300 && r == 2 ? NEG_INF : a);  // row 2 starts with −∞ logits
+        }
     for (auto& d : dl) d = next_uniform(seed);
-    std::vector<unsigned> t = {999, 3, 500, IGNORE, 7, (unsigned)v};  // an ignored row, one out of range
+    std::vector<unsigned> t = {(unsigned)v - 1, 3, 500, IGNORE, 7, (unsigned)v};  // an ignored row, one out of range
     std::vector<double> loss(n, 0.0), dx(n * v, 0.0);
     for (int r = 0; r < n; r++) {
         if (t[r] == IGNORE) continue;
         if (t[r] >= (unsigned)v) { loss[r] = NAN; continue; }
         double m = -INFINITY, s = 0;
-        for (int j = 0; j < v; j++) m = std::max(m, x[r * v + j]);
-        for (int j = 0; j < v; j++) s += std::exp(x[r * v + j] - m);
-        loss[r] = std::log(s) + m - x[r * v + t[r]];
-        for (int j = 0; j < v; j++) dx[r * v + j] = (std::exp(x[r * v + j] - m) / s - (j == (int)t[r])) * dl[r];
+        auto xr = [&](int j) { return (double)load(x.data(), r * v + j); };
+        for (int j = 0; j < v; j++) m = std::max(m, xr(j));
+        for (int j = 0; j < v; j++) s += std::exp(xr(j) - m);
+        loss[r] = std::log(s) + m - xr(t[r]);
+        for (int j = 0; j < v; j++) dx[r * v + j] = (std::exp(xr(j) - m) / s - (j == (int)t[r])) * dl[r];
     }
-    std::vector<float> xf(x.begin(), x.end()), dlf(dl.begin(), dl.end()), lossf(n, 12345.0f), dxf(n * v, NAN);
-    launch(Dim3{n, 1, 1}, 256, [&] { cross_entropy_f32(xf.data(), t.data(), lossf.data(), v); });
-    launch(Dim3{n, 1, 1}, 256, [&] { cross_entropy_backward_f32(xf.data(), t.data(), dlf.data(), dxf.data(), v); });
+    std::vector<float> dlf(dl.begin(), dl.end()), lossf(n, 12345.0f), dxf(n * v);
+    std::vector<T> d(n * v);
+    for (int i = 0; i < n * v; i++) store(d.data(), i, NAN);
+    launch(Dim3{n, 1, 1}, 256, [&] { forward(x.data(), t.data(), lossf.data(), v); });
+    launch(Dim3{n, 1, 1}, 256, [&] { backward(x.data(), t.data(), lossf.data(), dlf.data(), d.data(), v); });
+    for (int i = 0; i < n * v; i++) dxf[i] = load(d.data(), i);
     // The out-of-range row must give NaN; compare the others.
     bool nan_ok = std::isnan(lossf[5]);
     lossf[5] = 0.0f;
     loss[5] = 0.0;
-    int failed = check("cross-entropy forward (rows of 1,000)", max_error(lossf, loss), 1e-5);
-    failed += check("cross-entropy backward", max_error(dxf, dx), 1e-6);
+    bool packed = v * sizeof(T) % 16 == 0;
+    char what[96];
+    std::snprintf(what, sizeof what, "cross-entropy %s forward (rows of %d, %s)", type, v, packed ? "16-byte loads" : "one number at a time");
+    int failed = check(what, max_error(lossf, loss), 1e-5);
+    // Relative: most of the gradient is tiny probabilities, which an absolute error would not see.
+    std::snprintf(what, sizeof what, "cross-entropy %s backward (rows of %d), relative", type, v);
+    failed += check(what, max_relative_error(dxf, dx), sizeof(T) == 4 ? 1e-5 : 5e-3);  // bf16 rounds to 2⁻⁸ relative
     std::printf("cross-entropy with a target out of range: %s\n", nan_ok ? "NaN, ok" : "not NaN, FAILED");
+    if (packed && (((uintptr_t)x.data() | (uintptr_t)d.data()) & 15)) {
+        std::printf("the test's rows are not 16-byte aligned: the packed path was not run, FAILED\n");
+        return failed + 1;
+    }
     return failed + !nan_ok;
 }
 
-int main() {
-    const int n = 37, c = 70;
+static int check_cross_entropy(uint64_t& seed) {
+    int failed = 0;
+    for (int v : {1000, 999}) {
+        failed += check_cross_entropy<float>(seed, v, "f32", cross_entropy_f32, cross_entropy_backward_f32);
+        failed += check_cross_entropy<bf16>(seed, v, "bf16", cross_entropy_bf16, cross_entropy_backward_bf16);
+    }
+    return failed;
+}
+
+// Σ x² in two launches as fused_cuda.rs makes them (blocks of 256 over 4,096 numbers or more,
+// then one block of 1,024), from an aligned start (16-byte packs, then a tail) and an odd one.
+static int check_sum_of_squares(uint64_t& seed) {
+    const long n = 10003;
+    std::vector<float> x(n + 1);
+    for (auto& v : x) v = (float)next_uniform(seed);
+    int failed = 0;
+    for (int from : {0, 1}) {
+        const float* xs = x.data() + from;
+        double want = 0;
+        for (long i = 0; i < n; i++) want += (double)xs[i] * xs[i];
+        unsigned blocks = (unsigned)((n + 4095) / 4096);
+        std::vector<float> partial(blocks, NAN), out(1, NAN);
+        launch(Dim3{blocks, 1, 1}, 256, [&] { sum_squares_partial(xs, partial.data(), n); });
+        launch(Dim3{1, 1, 1}, 1024, [&] { sum_in_order(partial.data(), out.data(), (int)blocks); });
+        char what[96];
+        std::snprintf(what, sizeof what, "sum of squares (%ld numbers from offset %d), relative", n, from);
+        failed += check(what, std::fabs(out[0] - want) / want, 1e-6);
+    }
+    return failed;
+}
+
+// The norms on rows of c numbers (70: a number at a time; 160: 40 packs of 4 f32, lanes taking two
+// or one), forward and both gradients.
+static int check_norms(uint64_t& seed, int c) {
+    const int n = 37;
     const float eps = 1e-5f;
-    uint64_t seed = 11;
     std::vector<double> x(n * c), dy(n * c), w(c);
     for (auto& v : x) v = 2.0 * next_uniform(seed) + 0.5;
     for (auto& v : dy) v = next_uniform(seed);
@@ -180,7 +257,7 @@ int main() {
         // then the column sums of the partial sums.
         std::vector<float> partial(3 * c, NAN), dwf(c, NAN);
         launch(Dim3{3, 1, 1}, 128, [&] { norm_backward_w_f32(xf.data(), dyf.data(), partial.data(), n, c, rms, eps); });
-        launch(Dim3{(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), dwf.data(), 3, c); });
+        launch(Dim3{(unsigned)(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), dwf.data(), 3, c); });
         std::snprintf(what, sizeof what, "%s backward, dw", name);
         failed += check(what, max_error(dwf, dw), 1e-4);
     }
@@ -191,9 +268,80 @@ int main() {
     const int chunks = 45;  // more than 32: the threads of sum_columns take several rows each
     std::vector<float> partial(chunks * c, NAN), out(c, NAN);
     launch(Dim3{1, chunks, 1}, 256, [&] { column_partial_sums_f32(dyf.data(), partial.data(), n, c); });
-    launch(Dim3{(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), out.data(), chunks, c); });
-    failed += check("column sums (bias gradient)", max_error(out, sums), 1e-5);
-    failed += check_softmax(seed);
+    launch(Dim3{(unsigned)(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), out.data(), chunks, c); });
+    char what[96];
+    std::snprintf(what, sizeof what, "column sums (bias gradient, rows of %d)", c);
+    failed += check(what, max_error(out, sums), 1e-5);
+    return failed;
+}
+
+// GELU forward and backward and the bias add, element-wise over the grid (blocks of 256 as
+// fused_cuda.rs launches them; 2 blocks, so that threads stride), in T: from an aligned start
+// (packs, then a tail of 3) and from one number on (a number at a time); the bias on rows of 16
+// (packs) and of 10 (not). Errors are given as a share of what rounding allows (≤ 1 passes).
+template <typename T>
+static int check_elementwise(uint64_t& seed, const char* type) {
+    const long n = 1123;
+    std::vector<T> xt(n), dyt(n), bt(16);
+    std::vector<double> x(n), dy(n), b(16);  // the same numbers, as rounded to T
+    auto put = [&](std::vector<T>& t, std::vector<double>& v, double a) {
+        for (size_t i = 0; i < t.size(); i++) {
+            store(t.data(), (long)i, (float)(a * next_uniform(seed)));
+            v[i] = load(t.data(), (long)i);
+        }
+    };
+    put(xt, x, 3.0);
+    put(dyt, dy, 1.0);
+    put(bt, b, 1.0);
+    auto got = [](const std::vector<T>& t) {
+        std::vector<float> f(t.size());
+        for (size_t i = 0; i < t.size(); i++) f[i] = load(t.data(), (long)i);
+        return f;
+    };
+    auto cdf = [](double a) { return 0.5 * (1.0 + std::erf(a / std::sqrt(2.0))); };
+    auto pdf = [](double a) { return std::exp(-0.5 * a * a) / std::sqrt(2.0 * M_PI); };
+    // Rounding to bf16 errs by up to 2⁻⁸ of the number; f32 arithmetic by a few units of 2⁻²⁴.
+    double rel = sizeof(T) == 4 ? 1e-6 : 1.0 / 256 + 1e-5, abs = 1e-6;
+    auto error = [&](const std::vector<T>& y, const std::vector<double>& want) {
+        return max_share_of_bound(got(y), want, rel, abs);
+    };
+    int failed = 0;
+    char what[96];
+    for (int from : {0, 1}) {
+        long m = n - from;
+        std::vector<T> y(m), dx(m);
+        std::vector<double> y_ref(m), dx_ref(m);
+        for (long i = 0; i < m; i++) {
+            double a = x[i + from];
+            y_ref[i] = a * cdf(a);
+            dx_ref[i] = dy[i + from] * (cdf(a) + a * pdf(a));
+        }
+        launch(Dim3{2, 1, 1}, 256, [&] { gelu_forward(xt.data() + from, y.data(), m); });
+        launch(Dim3{2, 1, 1}, 256, [&] { gelu_backward(xt.data() + from, dyt.data() + from, dx.data(), m); });
+        std::snprintf(what, sizeof what, "GELU %s (%ld numbers from offset %d), share of the bound", type, m, from);
+        failed += check(what, error(y, y_ref), 1.0);
+        std::snprintf(what, sizeof what, "GELU %s backward (from offset %d)", type, from);
+        failed += check(what, error(dx, dx_ref), 1.0);
+    }
+    for (int c : {16, 10}) {
+        long m = 1120;  // 70 rows of 16, 112 of 10
+        std::vector<T> y(m);
+        std::vector<double> y_ref(m);
+        for (long i = 0; i < m; i++) y_ref[i] = x[i] + b[i % c];
+        launch(Dim3{2, 1, 1}, 256, [&] { add_bias(xt.data(), bt.data(), y.data(), m, c); });
+        std::snprintf(what, sizeof what, "bias add %s (rows of %d)", type, c);
+        failed += check(what, error(y, y_ref), 1.0);
+    }
+    return failed;
+}
+
+int main() {
+    uint64_t seed = 11;
+    int failed = check_norms(seed, 70) + check_norms(seed, 160);
+    failed += check_elementwise<float>(seed, "f32");
+    failed += check_elementwise<bf16>(seed, "bf16");
+    failed += check_softmax(seed, 70) + check_softmax(seed, 80);  // a number, or 4 f32, at a time
     failed += check_cross_entropy(seed);
+    failed += check_sum_of_squares(seed);
     return failed ? 1 : 0;
 }

@@ -186,7 +186,7 @@ impl Real for f64 {
 }
 
 /// The contiguous data of a storage (our wrappers make every input contiguous).
-pub(super) fn slice<'a, T: WithDType>(
+pub(crate) fn slice<'a, T: WithDType>(
     s: &'a CpuStorage,
     l: &Layout,
 ) -> candle_core::Result<&'a [T]> {
@@ -496,48 +496,53 @@ impl CustomOp2 for CrossEntropy {
         super::fused_cuda::cross_entropy(s1, l1, s2, l2)
     }
 
+    /// The forward's output gives each row's log-normaliser back, `logsumexp(x_i) = loss_i +
+    /// x_i[t_i]`, so the backward reads the logits once instead of recomputing their maximum and
+    /// sum: it gets `loss` and `dloss` stacked as one `(2, N)` tensor (a `CustomOp3` takes three
+    /// inputs).
     fn bwd(
         &self,
         x: &Tensor,
         targets: &Tensor,
-        _loss: &Tensor,
+        loss: &Tensor,
         dloss: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = x.apply_op3_no_bwd(targets, &dloss.contiguous()?, &CrossEntropyBackward)?;
+        let loss_and_dloss = Tensor::stack(&[loss, &dloss.to_dtype(loss.dtype())?], 0)?;
+        let dx = x.apply_op3_no_bwd(targets, &loss_and_dloss, &CrossEntropyBackward)?;
         Ok((Some(dx), None))
     }
 }
 
-/// `dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i`.
+/// `dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i`, with `softmax(x_i)_j = exp(x_ij − lse_i)` and
+/// `lse_i = loss_i + x_i[t_i]`. Inputs: logits `(N, V)`, targets `(N)`, `[loss; dloss]` `(2, N)`.
 struct CrossEntropyBackward;
 
 impl CrossEntropyBackward {
-    fn run<T: Real>(x: &[T], targets: &[u32], dloss: &[T], v: usize) -> Vec<T> {
+    fn run<T: Real>(x: &[T], targets: &[u32], loss_and_dloss: &[T], v: usize) -> Vec<T> {
+        let (loss, dloss) = loss_and_dloss.split_at(targets.len());
         par_rows(x.len(), v, |row, d| {
             let t = targets[row];
             if t == IGNORE_INDEX {
                 d.fill(T::zero());
             } else {
                 let x = &x[row * v..(row + 1) * v];
-                cross_entropy_backward_row(x, t as usize, dloss[row], d);
+                let lse = loss[row] + x[t as usize];
+                cross_entropy_backward_row(x, t as usize, lse, dloss[row], d);
             }
         })
     }
 }
 
-/// `d = (softmax(x) − onehot(t)) · g` for one row, in four passes over it (max, exp, sum,
-/// scale; the softmax and the one-hot used to take six).
+/// `d = (exp(x − lse) − onehot(t)) · g` for one row: one pass over it (recomputing the softmax's
+/// maximum and sum took four).
 #[inline(always)]
-fn cross_entropy_backward_row_scalar<T: Real>(x: &[T], t: usize, g: T, d: &mut [T]) {
-    let max = max_of(x);
+fn cross_entropy_backward_row_scalar<T: Real>(x: &[T], t: usize, lse: T, g: T, d: &mut [T]) {
     for (d, &a) in d.iter_mut().zip(x) {
-        *d = (a - max).exp();
+        *d = (a - lse).exp() * g;
     }
-    let scale = g / sum_of(d, |a| a);
-    d.iter_mut().for_each(|a| *a *= scale);
     d[t] -= g;
 }
-vectorized!(cross_entropy_backward_row, (x: &[T], t: usize, g: T, d: &mut [T]) -> (), cross_entropy_backward_row_scalar(x, t, g, d));
+vectorized!(cross_entropy_backward_row, (x: &[T], t: usize, lse: T, g: T, d: &mut [T]) -> (), cross_entropy_backward_row_scalar(x, t, lse, g, d));
 
 impl CustomOp3 for CrossEntropyBackward {
     fn name(&self) -> &'static str {

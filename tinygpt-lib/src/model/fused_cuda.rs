@@ -1,9 +1,9 @@
 //! The CUDA side of the fused kernels ([`super::fused`], [`super::fused_norm`],
-//! [`super::embedding`], `train/adamw_fused.rs`): the kernels of `fused.cu`, compiled by NVRTC
-//! the first time one is needed (once per process). The cross-entropy runs one thread block per
-//! row (rows of 50,304 logits); the softmax and the norms one warp per row (rows of hundreds); the
-//! attention kernels a warp per token, or a block of four warps per 64 tokens; element-wise ones
-//! stride over the elements.
+//! [`super::embedding`], `train/adamw_fused.rs`, `train/sum_squares.rs`): the kernels of
+//! `fused.cu`, compiled by NVRTC the first time one is needed (once per process). The
+//! cross-entropy runs one thread block per row (rows of 50,304 logits); the softmax and the norms
+//! one warp per row (rows of hundreds); the attention kernels a warp per token, or a block of four
+//! warps per 64 tokens; element-wise ones and the sum of squares stride over the elements.
 //! Each function picks the `_f32` or `_bf16` kernel by the inputs' dtype.
 
 use std::sync::OnceLock;
@@ -234,26 +234,26 @@ pub fn cross_entropy(
 }
 
 /// `dx_i = (softmax(x_i) − onehot(t_i)) · dloss_i`: logits `(N, V)` (f32 or bf16; `dx` the same),
-/// targets `(N)`, dloss `(N)` f32.
+/// targets `(N)`, and the forward's loss above its gradient, `(2, N)` f32 (see `fused.rs`).
 pub fn cross_entropy_backward(
     x: &CudaStorage,
     lx: &Layout,
     targets: &CudaStorage,
     lt: &Layout,
-    dloss: &CudaStorage,
+    loss_and_dloss: &CudaStorage,
     ld: &Layout,
 ) -> Result<(CudaStorage, Shape)> {
     let (n, v) = lx.shape().dims2()?;
-    let (xo, doff, ts, v32) = (
+    let (xo, lo, ts, v32) = (
         offsets(lx)?,
         offsets(ld)?,
         targets_of(targets, lt)?,
         v as i32,
     );
-    let CudaStorageSlice::F32(ds) = &dloss.slice else {
-        candle_core::bail!("cross-entropy backward on CUDA: f32 gradient")
+    let CudaStorageSlice::F32(ls) = &loss_and_dloss.slice else {
+        candle_core::bail!("cross-entropy backward on CUDA: f32 loss and gradient")
     };
-    let ds = ds.slice(doff.0..doff.1);
+    let (loss, dloss) = (ls.slice(lo.0..lo.0 + n), ls.slice(lo.0 + n..lo.1));
     let dev = &x.device;
     let slice = match &x.slice {
         CudaStorageSlice::F32(xs) => {
@@ -261,7 +261,12 @@ pub fn cross_entropy_backward(
             // SAFETY: the kernel writes all n·v gradients.
             let out = unsafe { dev.alloc::<f32>(n * v)? };
             kernel(dev, "cross_entropy_backward_f32")?.run(rows(n), |b| {
-                b.arg(&xs).arg(&ts).arg(&ds).arg(&out).arg(&v32);
+                b.arg(&xs)
+                    .arg(&ts)
+                    .arg(&loss)
+                    .arg(&dloss)
+                    .arg(&out)
+                    .arg(&v32);
             })?;
             CudaStorageSlice::F32(out)
         }
@@ -270,7 +275,12 @@ pub fn cross_entropy_backward(
             // SAFETY: as above.
             let out = unsafe { dev.alloc::<half::bf16>(n * v)? };
             kernel(dev, "cross_entropy_backward_bf16")?.run(rows(n), |b| {
-                b.arg(&xs).arg(&ts).arg(&ds).arg(&out).arg(&v32);
+                b.arg(&xs)
+                    .arg(&ts)
+                    .arg(&loss)
+                    .arg(&dloss)
+                    .arg(&out)
+                    .arg(&v32);
             })?;
             CudaStorageSlice::BF16(out)
         }
@@ -444,6 +454,12 @@ fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
+/// For the kernels that read 16 bytes at a time (`map_each` in fused.cu): a thread for every 8
+/// elements (a pack of bf16, two of f32).
+fn packed(n: usize) -> LaunchConfig {
+    elementwise(n.div_ceil(8))
+}
+
 /// GELU forward, element by element, f32 or bf16.
 pub fn gelu_forward(x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
     let (xo, dev) = (offsets(lx)?, &x.device);
@@ -454,7 +470,7 @@ pub fn gelu_forward(x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)
             let xs = xs.slice(xo.0..xo.1);
             // SAFETY: the kernel writes every element.
             let y = unsafe { dev.alloc::<f32>(n)? };
-            kernel(dev, "gelu_forward_f32")?.run(elementwise(n), |b| {
+            kernel(dev, "gelu_forward_f32")?.run(packed(n), |b| {
                 b.arg(&xs).arg(&y).arg(&n64);
             })?;
             CudaStorageSlice::F32(y)
@@ -463,7 +479,7 @@ pub fn gelu_forward(x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)
             let xs = xs.slice(xo.0..xo.1);
             // SAFETY: as above.
             let y = unsafe { dev.alloc::<half::bf16>(n)? };
-            kernel(dev, "gelu_forward_bf16")?.run(elementwise(n), |b| {
+            kernel(dev, "gelu_forward_bf16")?.run(packed(n), |b| {
                 b.arg(&xs).arg(&y).arg(&n64);
             })?;
             CudaStorageSlice::BF16(y)
@@ -488,7 +504,7 @@ pub fn gelu_backward(
             let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
             // SAFETY: the kernel writes every element.
             let dx = unsafe { dev.alloc::<f32>(n)? };
-            kernel(dev, "gelu_backward_f32")?.run(elementwise(n), |b| {
+            kernel(dev, "gelu_backward_f32")?.run(packed(n), |b| {
                 b.arg(&xs).arg(&dys).arg(&dx).arg(&n64);
             })?;
             CudaStorageSlice::F32(dx)
@@ -497,7 +513,7 @@ pub fn gelu_backward(
             let (xs, dys) = (xs.slice(xo.0..xo.1), dys.slice(dyo.0..dyo.1));
             // SAFETY: as above.
             let dx = unsafe { dev.alloc::<half::bf16>(n)? };
-            kernel(dev, "gelu_backward_bf16")?.run(elementwise(n), |b| {
+            kernel(dev, "gelu_backward_bf16")?.run(packed(n), |b| {
                 b.arg(&xs).arg(&dys).arg(&dx).arg(&n64);
             })?;
             CudaStorageSlice::BF16(dx)
@@ -571,6 +587,34 @@ pub fn adamw_update(
     })
 }
 
+/// `Σ x²` of an f32 vector, as an f32 tensor of shape `()` (see `train/sum_squares.rs`): up to
+/// 1,024 blocks of partial sums (at least 4,096 numbers each), then one block that adds them.
+pub fn sum_of_squares(x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+    let (xs, dev) = (f32_view(x, lx)?, &x.device);
+    let n = lx.shape().elem_count();
+    let blocks = n.div_ceil(THREADS as usize * 16).clamp(1, 1024);
+    // SAFETY: every block writes its partial sum; the last kernel writes the one output.
+    let (partial, out) = unsafe { (dev.alloc::<f32>(blocks)?, dev.alloc::<f32>(1)?) };
+    let (n64, blocks32) = (n as i64, blocks as i32);
+    let grid = LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    kernel(dev, "sum_squares_partial")?.run(grid, |b| {
+        b.arg(&xs).arg(&partial).arg(&n64);
+    })?;
+    let one_block = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    kernel(dev, "sum_in_order")?.run(one_block, |b| {
+        b.arg(&partial).arg(&out).arg(&blocks32);
+    })?;
+    Ok((storage(CudaStorageSlice::F32(out), dev), Shape::from(())))
+}
+
 /// `y = x + b` row by row: `x` `(N, C)`, `b` `(C)`, one dtype (f32 or bf16).
 pub fn add_bias(
     x: &CudaStorage,
@@ -587,7 +631,7 @@ pub fn add_bias(
             let (xs, bs) = (xs.slice(xo.0..xo.1), bs.slice(bo.0..bo.1));
             // SAFETY: the kernel writes every element.
             let y = unsafe { dev.alloc::<f32>(n)? };
-            kernel(dev, "add_bias_f32")?.run(elementwise(n), |a| {
+            kernel(dev, "add_bias_f32")?.run(packed(n), |a| {
                 a.arg(&xs).arg(&bs).arg(&y).arg(&n64).arg(&c32);
             })?;
             CudaStorageSlice::F32(y)
@@ -596,7 +640,7 @@ pub fn add_bias(
             let (xs, bs) = (xs.slice(xo.0..xo.1), bs.slice(bo.0..bo.1));
             // SAFETY: as above.
             let y = unsafe { dev.alloc::<half::bf16>(n)? };
-            kernel(dev, "add_bias_bf16")?.run(elementwise(n), |a| {
+            kernel(dev, "add_bias_bf16")?.run(packed(n), |a| {
                 a.arg(&xs).arg(&bs).arg(&y).arg(&n64).arg(&c32);
             })?;
             CudaStorageSlice::BF16(y)

@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::adamw_fused::{Moment, Update};
+use super::sum_squares::sum_of_squares;
 use crate::model::params::Params;
 use crate::{Error, Result};
 
@@ -169,22 +170,20 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of all gradients, `√(Σ‖g‖²)`, as one number (it waits for the device).
+/// The global L2 norm of all gradients, `√(Σ‖g‖²)`, as one number (it waits for the device):
+/// the gradients laid end to end (in name order), then one [`sum_of_squares`] over them all.
 pub fn grad_norm(params: &Params, grads: &GradStore) -> Result<f64> {
-    let mut sum: Option<Tensor> = None;
+    let mut flat = vec![];
     for (_, var) in params.iter() {
         if let Some(g) = grads.get(var.as_tensor()) {
-            let sq = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
-            sum = Some(match sum {
-                Some(s) => (s + sq)?,
-                None => sq,
-            });
+            flat.push(g.to_dtype(DType::F32)?.flatten_all()?);
         }
     }
-    Ok(match sum {
-        Some(s) => (s.to_scalar::<f32>()? as f64).sqrt(),
-        None => 0.0,
-    })
+    if flat.is_empty() {
+        return Ok(0.0);
+    }
+    let sum = sum_of_squares(&Tensor::cat(&flat, 0)?)?;
+    Ok((sum.to_scalar::<f32>()? as f64).sqrt())
 }
 
 /// The factor that brings the gradient norm down to `max_norm` (1.0 when it is already below),

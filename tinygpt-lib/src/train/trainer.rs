@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::collective::{self, Collective};
 use super::optim::{clip_factor, AdamW, AdamWConfig};
 use super::schedule::CosineSchedule;
+use super::sum_squares::sum_of_squares;
 use crate::data::loader::{Cursor, DataLoader, LoaderConfig, ValLoader};
 use crate::data::{Manifest, Split};
 use crate::device::parse_dtype;
@@ -155,8 +156,11 @@ impl Replica {
         let tokens = local?.1 * world as u64;
         let grads = mean.narrow(0, 0, n)?;
         // One trip to the host for both numbers.
-        let stats: Vec<f32> =
-            Tensor::cat(&[grads.sqr()?.sum_keepdim(0)?, mean.narrow(0, n, 1)?], 0)?.to_vec1()?;
+        let stats: Vec<f32> = Tensor::cat(
+            &[sum_of_squares(&grads)?.reshape(1)?, mean.narrow(0, n, 1)?],
+            0,
+        )?
+        .to_vec1()?;
         let (norm, loss) = ((stats[0] as f64).sqrt(), stats[1]);
         let skipped = !loss.is_finite() || !norm.is_finite();
         if !skipped {

@@ -1,0 +1,51 @@
+//! `Σ x²` over a whole tensor, as one f32 number: the square of the gradient norm that clipping
+//! needs, every step, over all 61M gradients at once.
+//!
+//! Written as tensor operations, `x.sqr()?.sum_all()?`, it is a new 61M-number tensor and then,
+//! on a GPU, candle's reduction, which runs one thread block per *output* number: one block, on
+//! one of an H200's 132 multiprocessors, reads the whole vector. Here it is one pass: on the CPU, fixed
+//! chunks summed in parallel (in f64) and then added in order; on CUDA (`model/fused.cu`), a grid
+//! of blocks each summing its stretch, then one block adding their sums in order. The chunks and
+//! the grid depend only on the length, so the same gradients give the same norm, bit for bit, on
+//! every run.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// `Σ x²` over every element of `x` (any float dtype; summed in f32 or better), shape `()`, f32.
+pub fn sum_of_squares(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?.flatten_all()?.contiguous()?;
+    Ok(x.apply_op1_no_bwd(&SumOfSquares)?)
+}
+
+struct SumOfSquares;
+
+/// Numbers per CPU task.
+const CHUNK: usize = 1 << 16;
+
+impl CustomOp1 for SumOfSquares {
+    fn name(&self) -> &'static str {
+        "tinygpt-sum-of-squares"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = crate::model::fused::slice::<f32>(s, l)?;
+        let parts: Vec<f64> = x
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&a| a as f64 * a as f64).sum())
+            .collect();
+        let total = parts.iter().sum::<f64>() as f32;
+        Ok((CpuStorage::F32(vec![total]), Shape::from(())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::model::fused_cuda::sum_of_squares(s, l)
+    }
+}
