@@ -121,7 +121,7 @@ macro_rules! vectorized {
         }
     };
 }
-pub(super) use vectorized;
+pub(crate) use vectorized;
 
 /// The float types the kernels handle.
 pub(crate) trait Real:
@@ -290,7 +290,7 @@ pub(super) fn sum_of<T: Real>(x: &[T], f: impl Fn(T) -> T) -> T {
 
 /// `Σ a_i b_i`, in eight lanes.
 #[inline(always)]
-pub(super) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [T::zero(); 8];
