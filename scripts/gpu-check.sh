@@ -79,17 +79,21 @@ RUN=$?
 train fused env TINYGPT_CUDA_ATTENTION=fused
 RUN_FUSED=$?
 
+# The profile and the kernel list below run with the attention GPU_CHECK_ATTENTION picks (default
+# `fused`, the tensor-core kernels; `composed` for the default path).
+ATTENTION="${GPU_CHECK_ATTENTION:-fused}"
+[[ $ATTENTION == composed ]] && ATTENTION=""
 if [[ -n "${GPU_CHECK_PROFILE:-}" ]]; then   # where tinygpt's step time goes, piece by piece
-  echo "== tinygpt profile (ms per call, forward + backward)"
-  timeout 180 "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 \
+  echo "== tinygpt profile (ms per call, forward + backward; TINYGPT_CUDA_ATTENTION=$ATTENTION)"
+  TINYGPT_CUDA_ATTENTION="$ATTENTION" timeout 180 "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 \
     --steps 3 --warmup-steps 1 --peak-tflops "$PEAK" --profile 2>&1 | tee "$OUT/profile.txt" | tail -24
 fi
 
 if [[ -n "${GPU_CHECK_NSYS:-}" ]]; then   # the GPU kernels of a few steps, by total time (Nsight Systems)
   NSYS="$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/*/bin/nsys /usr/lib/nsight-systems/bin/nsys 2>/dev/null | head -1)"
   if [[ -n "$NSYS" ]]; then
-    echo "== kernels of 5 training steps ($NSYS)"
-    timeout 240 "$NSYS" profile -o /tmp/tinygpt-nsys --force-overwrite true -t cuda "$BIN" bench train --preset seed-61m \
+    echo "== kernels of 5 training steps ($NSYS; TINYGPT_CUDA_ATTENTION=$ATTENTION)"
+    TINYGPT_CUDA_ATTENTION="$ATTENTION" timeout 240 "$NSYS" profile -o /tmp/tinygpt-nsys --force-overwrite true -t cuda "$BIN" bench train --preset seed-61m \
       --device cuda:0 --dtype bf16 --batch-size 32 --steps 5 --warmup-steps 2 > /dev/null 2>&1
     timeout 120 "$NSYS" stats -q --report cuda_gpu_kern_sum --format csv /tmp/tinygpt-nsys.nsys-rep 2>/dev/null \
       > "$OUT/kernels.csv"
