@@ -351,51 +351,43 @@ fn fused_cuda_norms_and_bf16_cross_entropy_equal_the_composed_formulas() {
 
 #[test]
 fn adamw_in_place_update_on_the_gpu_equals_the_cpu() {
-    use tinygpt::train::adamw_fused::{Moment, Update};
+    use tinygpt::train::adamw_fused::{Moments, Update};
     let dev = gpu();
     let n = 100_003; // not a multiple of any block size
-    let host = |seed: f32| {
-        let x: Vec<f32> = (0..n)
+    let host = |seed: f32, len: usize| {
+        let x: Vec<f32> = (0..len)
             .map(|i| ((i as f32 * 0.37 + seed).sin()) * 0.1)
             .collect();
-        Tensor::from_vec(x, n, &Device::Cpu).unwrap()
+        Tensor::from_vec(x, len, &Device::Cpu).unwrap()
     };
-    let (theta, m, v, g) = (host(0.1), host(0.2), host(0.3).sqr().unwrap(), host(0.4));
+    // [m; v]: the second row squared, as second moments are.
+    let mv = Tensor::stack(&[host(0.2, n), host(0.3, n).sqr().unwrap()], 0).unwrap();
+    let (theta, g) = (host(0.1, n), host(0.4, n));
     let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
     let copy = |t: &Tensor| t.copy().unwrap();
-    let (gt, gm, gv, gg) = (on_gpu(&theta), on_gpu(&m), on_gpu(&v), on_gpu(&g));
-    let (ct, cm, cv) = (copy(&theta), copy(&m), copy(&v));
+    let (gt, gmv, gg) = (on_gpu(&theta), on_gpu(&mv), on_gpu(&g));
+    let (ct, cmv) = (copy(&theta), copy(&mv));
+    let moments = Moments {
+        beta1: 0.9,
+        beta2: 0.95,
+        scale: 0.7,
+    };
     let update = Update {
         decay: 1.0 - 1e-3 * 0.01,
         step: 1e-3 / 0.19,
         bias2_sqrt: 0.3f64.sqrt(),
         eps: 1e-8,
     };
-    for (t, m, v, g) in [(&gt, &gm, &gv, &gg), (&ct, &cm, &cv, &g)] {
-        m.inplace_op2(
-            g,
-            &Moment {
-                beta: 0.9,
-                scale: 0.7,
-                square: false,
-            },
-        )
-        .unwrap();
-        v.inplace_op2(
-            g,
-            &Moment {
-                beta: 0.95,
-                scale: 0.7,
-                square: true,
-            },
-        )
-        .unwrap();
-        t.inplace_op3(m, v, &update).unwrap();
+    for (t, mv, g) in [(&gt, &gmv, &gg), (&ct, &cmv, &g)] {
+        mv.inplace_op2(g, &moments).unwrap();
+        let (m, v) = (mv.get(0).unwrap(), mv.get(1).unwrap());
+        t.inplace_op3(&m, &v, &update).unwrap();
     }
-    for (name, a, b) in [("m", &gm, &cm), ("v", &gv, &cv), ("theta", &gt, &ct)] {
+    for (name, a, b) in [("[m; v]", &gmv, &cmv), ("theta", &gt, &ct)] {
         assert!(max_abs_diff(a, b) < 1e-6, "{name}: {}", max_abs_diff(a, b));
     }
     assert!(max_abs_diff(&gt, &theta) > 1e-4, "the weights moved");
+    assert!(max_abs_diff(&gmv, &mv) > 1e-3, "the moments moved");
 }
 
 #[test]

@@ -106,7 +106,7 @@ fn optimizer_state_round_trips_and_refuses_another_model() {
     )
     .unwrap();
     let path = dir.path().join("optimizer.safetensors");
-    opt.save(&path).unwrap();
+    opt.save(&path, &params).unwrap();
     // Two optimizers, one restored, take the same next step.
     let mut restored = AdamW::load(AdamWConfig::default(), &path, &params).unwrap();
     assert_eq!(restored.steps_done(), 1);

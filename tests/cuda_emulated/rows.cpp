@@ -6,7 +6,8 @@
 //   forward by its definition, the gradients by central finite differences of Σ dy ⊙ y, on rows of
 //   70 numbers (lanes that take three columns and lanes that take two) and of 160 (40 packs of 4)
 //   over several blocks;
-// - the column sums of the bias gradient, and the sum of squares of the gradient norm;
+// - the column sums of the bias gradient, the sum of squares of the gradient norm, and AdamW's
+//   moments;
 // - GELU, forward and backward, and the bias add, in f32 and bf16;
 // - the masked softmax of the composed attention and its backward, with a causal mask shared by
 //   the batch and a document mask per batch row, on rows of 70 and 80;
@@ -335,6 +336,24 @@ static int check_elementwise(uint64_t& seed, const char* type) {
     return failed;
 }
 
+// AdamW's moments of all weights at once, [m; v] (2, n), against double.
+static int check_adamw_moments(uint64_t& seed) {
+    const long n = 1003;
+    std::vector<float> mv(2 * n), g(n);
+    for (auto& x : mv) x = (float)next_uniform(seed);
+    for (long i = n; i < 2 * n; i++) mv[i] *= mv[i];  // second moments are squares
+    for (auto& x : g) x = (float)next_uniform(seed);
+    std::vector<double> want(2 * n);
+    const double beta1 = 0.9, beta2 = 0.95, scale = 0.7;
+    for (long i = 0; i < n; i++) {
+        double x = scale * g[i];
+        want[i] = beta1 * mv[i] + (1 - beta1) * x;
+        want[n + i] = beta2 * mv[n + i] + (1 - beta2) * x * x;
+    }
+    launch(Dim3{2, 1, 1}, 256, [&] { adamw_moments(mv.data(), g.data(), n, 0.9f, 0.95f, 0.7f); });
+    return check("AdamW moments ([m; v] of 1,003 numbers)", max_error(mv, want), 1e-6);
+}
+
 int main() {
     uint64_t seed = 11;
     int failed = check_norms(seed, 70) + check_norms(seed, 160);
@@ -343,5 +362,6 @@ int main() {
     failed += check_softmax(seed, 70) + check_softmax(seed, 80);  // a number, or 4 f32, at a time
     failed += check_cross_entropy(seed);
     failed += check_sum_of_squares(seed);
+    failed += check_adamw_moments(seed);
     return failed ? 1 : 0;
 }

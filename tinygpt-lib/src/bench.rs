@@ -64,7 +64,7 @@ pub struct TrainBenchReport {
 pub fn train_throughput(o: &TrainBenchOptions) -> crate::Result<TrainBenchReport> {
     use crate::data::loader::{document_ids, Batch};
     use crate::model::Gpt;
-    use crate::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
+    use crate::train::{clip_factor, flatten_grads, sum_of_squares, AdamW, AdamWConfig};
 
     let cfg = &o.config;
     let (b, t) = (o.batch_size, o.block_size.min(cfg.block_size));
@@ -99,11 +99,12 @@ pub fn train_throughput(o: &TrainBenchOptions) -> crate::Result<TrainBenchReport
     let data = batch.to_tensors(&o.device)?;
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut losses = vec![];
+    // As the trainer does: the gradients laid end to end, their norm, AdamW on them.
     let step = |opt: &mut AdamW| -> crate::Result<f32> {
         let loss = model.loss(&data)?;
-        let grads = loss.backward()?;
-        let norm = grad_norm(model.params(), &grads)?;
-        opt.step(model.params(), &grads, 1e-3, clip_factor(norm, 1.0))?;
+        let grads = flatten_grads(model.params(), &loss.backward()?)?;
+        let norm = (sum_of_squares(&grads)?.to_scalar::<f32>()? as f64).sqrt();
+        opt.step_flat(model.params(), &grads, 1e-3, clip_factor(norm, 1.0))?;
         Ok(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?)
     };
     for _ in 0..o.warmup_steps {
@@ -170,7 +171,7 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
     use crate::model::norm::Norm;
     use crate::model::params::{ParamBuilder, WeightSource};
     use crate::model::Gpt;
-    use crate::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
+    use crate::train::{clip_factor, flatten_grads, grad_norm, AdamW, AdamWConfig};
     use candle_core::{Module, Var};
 
     let cfg = &o.config;
@@ -224,13 +225,15 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
         model.loss(&batch)?.backward()?;
         Ok(())
     })?;
+    // As the step above: the gradients laid end to end and their norm, then AdamW on them.
     let grads = model.loss(&batch)?.backward()?;
     time("step: gradient norm", &mut || {
         grad_norm(model.params(), &grads).map(|_| ())
     })?;
+    let flat = flatten_grads(model.params(), &grads)?;
     let mut opt = AdamW::new(AdamWConfig::default());
     time("step: AdamW update", &mut || {
-        opt.step(model.params(), &grads, 1e-4, clip_factor(1.0, 1.0))
+        opt.step_flat(model.params(), &flat, 1e-4, clip_factor(1.0, 1.0))
     })?;
 
     // The model's building blocks alone at its shapes, inputs already in the compute dtype:

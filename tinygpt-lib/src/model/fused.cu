@@ -496,13 +496,15 @@ extern "C" __global__ void gelu_forward_bf16(const bf16* x, bf16* y, long n) { g
 extern "C" __global__ void gelu_backward_f32(const float* x, const float* dy, float* dx, long n) { gelu_backward(x, dy, dx, n); }
 extern "C" __global__ void gelu_backward_bf16(const bf16* x, const bf16* dy, bf16* dx, long n) { gelu_backward(x, dy, dx, n); }
 
-// AdamW in place (train/adamw_fused.rs): m ← β·m + (1−β)·(s·g), or (s·g)² when `square`;
-// θ ← θ·decay − step · m / (√v / bias2_sqrt + ε). f32 master weights and moments.
-extern "C" __global__ void adamw_moment(float* m, const float* g, long n, float beta, float scale, int square) {
+// AdamW in place (train/adamw_fused.rs), f32 master weights and moments. The moments of all
+// weights at once, mv = [m; v] (2, n): m ← β1·m + (1−β1)·(s·g), v ← β2·v + (1−β2)·(s·g)²; then
+// per weight θ ← θ·decay − step · m / (√v / bias2_sqrt + ε).
+extern "C" __global__ void adamw_moments(float* mv, const float* g, long n, float beta1, float beta2, float scale) {
+    float* v = mv + n;
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float x = scale * g[i];
-        if (square) x = x * x;
-        m[i] = beta * m[i] + (1.0f - beta) * x;
+        mv[i] = beta1 * mv[i] + (1.0f - beta1) * x;
+        v[i] = beta2 * v[i] + (1.0f - beta2) * (x * x);
     }
 }
 

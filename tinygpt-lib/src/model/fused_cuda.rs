@@ -542,23 +542,27 @@ fn f32_view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
     }
 }
 
-/// AdamW's moment update in place (see `train/adamw_fused.rs`).
-pub fn adamw_moment(
-    (m, lm): (&mut CudaStorage, &Layout),
+/// AdamW's moments in place, all weights at once: `[m; v]` `(2, N)` and the gradients `(N)`
+/// (see `train/adamw_fused.rs`).
+pub fn adamw_moments(
+    (mv, lmv): (&mut CudaStorage, &Layout),
     (g, lg): (&CudaStorage, &Layout),
-    op: &crate::train::adamw_fused::Moment,
+    op: &crate::train::adamw_fused::Moments,
 ) -> Result<()> {
-    let dev = m.device.clone();
-    let n = lm.shape().elem_count();
-    let (mut ms, gs) = (f32_mut(m, lm)?, f32_view(g, lg)?);
-    let (n64, beta, scale, square) = (n as i64, op.beta as f32, op.scale as f32, op.square as i32);
-    kernel(&dev, "adamw_moment")?.run(elementwise(n), |b| {
-        b.arg(&mut ms)
+    let dev = mv.device.clone();
+    let n = lg.shape().elem_count();
+    if lmv.shape().elem_count() != 2 * n {
+        candle_core::bail!("AdamW moments: [m; v] must hold twice the gradient's numbers");
+    }
+    let (mut mvs, gs) = (f32_mut(mv, lmv)?, f32_view(g, lg)?);
+    let (n64, beta1, beta2, scale) = (n as i64, op.beta1 as f32, op.beta2 as f32, op.scale as f32);
+    kernel(&dev, "adamw_moments")?.run(elementwise(n), |b| {
+        b.arg(&mut mvs)
             .arg(&gs)
             .arg(&n64)
-            .arg(&beta)
-            .arg(&scale)
-            .arg(&square);
+            .arg(&beta1)
+            .arg(&beta2)
+            .arg(&scale);
     })
 }
 

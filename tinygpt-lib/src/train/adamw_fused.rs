@@ -1,26 +1,29 @@
-//! AdamW's update as three in-place passes over each weight's numbers, instead of a dozen tensor
-//! operations that each allocate a new tensor (a hundred-odd weights, every step): what matters
-//! on a GPU, where each operation is a kernel launch, and still helps on the CPU.
+//! AdamW's update as in-place passes over the numbers, instead of a dozen tensor operations
+//! per weight that each allocate a new tensor (a hundred-odd weights, every step): what matters on
+//! a GPU, where each operation is a kernel launch, and still helps on the CPU.
 //!
 //! ```text
-//! m ← β1·m + (1−β1)·(s·g)                 (Moment, square = false; s: the clipping factor)
-//! v ← β2·v + (1−β2)·(s·g)²                (Moment, square = true)
-//! θ ← θ·decay − step · m / (√v / √(1−β2ᵗ) + ε)     (Update; decay = 1 − η·λ, step = η / (1−β1ᵗ))
+//! m ← β1·m + (1−β1)·(s·g)                          (Moments: one pass over every weight's
+//! v ← β2·v + (1−β2)·(s·g)²                          numbers at once; s: the clipping factor)
+//! θ ← θ·decay − step · m / (√v / √(1−β2ᵗ) + ε)     (Update, per weight; decay = 1 − η·λ,
+//!                                                   step = η / (1−β1ᵗ))
 //! ```
 //!
 //! The same formulas, in the same order, as [`super::optim`]'s description; f32 and f64 on the
-//! CPU, f32 on CUDA (`model/fused.cu`).
+//! CPU, f32 on CUDA (`model/fused.cu`). `Moments` works on the moments of all weights laid end to
+//! end, `(2, N)` (row 0: m, row 1: v), and the gradients laid end to end the same way, `(N)`:
+//! one launch for all of them; each weight's `Update` reads its own stretch of both rows.
 
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout};
 use rayon::prelude::*;
 
 use crate::model::fused::Real;
 
-/// `m ← β·m + (1−β)·(s·g)`, or with `(s·g)²` when `square`.
-pub struct Moment {
-    pub beta: f64,
+/// `m ← β1·m + (1−β1)·(s·g)` and `v ← β2·v + (1−β2)·(s·g)²`, on `[m; v]` `(2, N)` and `g` `(N)`.
+pub struct Moments {
+    pub beta1: f64,
+    pub beta2: f64,
     pub scale: f64,
-    pub square: bool,
 }
 
 /// `θ ← θ·decay − step · m / (√v / bias2_sqrt + ε)`.
@@ -38,26 +41,29 @@ fn offsets(l: &Layout) -> candle_core::Result<(usize, usize)> {
         .ok_or_else(|| candle_core::Error::Msg("AdamW: tensors must be contiguous".into()))
 }
 
-impl Moment {
-    fn run<T: Real>(&self, m: &mut [T], g: &[T]) {
-        let (beta, scale) = (T::from_f64(self.beta), T::from_f64(self.scale));
-        let one_minus = T::from_f64(1.0 - self.beta);
-        let square = self.square;
+impl Moments {
+    fn run<T: Real>(&self, mv: &mut [T], g: &[T]) {
+        let (m, v) = mv.split_at_mut(g.len());
+        let (beta1, beta2) = (T::from_f64(self.beta1), T::from_f64(self.beta2));
+        let (one_minus1, one_minus2) =
+            (T::from_f64(1.0 - self.beta1), T::from_f64(1.0 - self.beta2));
+        let scale = T::from_f64(self.scale);
         m.par_chunks_mut(CHUNK)
+            .zip(v.par_chunks_mut(CHUNK))
             .zip(g.par_chunks(CHUNK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
+            .for_each(|((m, v), g)| {
+                for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
                     let g = scale * g;
-                    let g = if square { g * g } else { g };
-                    *m = beta * *m + one_minus * g;
+                    *m = beta1 * *m + one_minus1 * g;
+                    *v = beta2 * *v + one_minus2 * (g * g);
                 }
             });
     }
 }
 
-impl InplaceOp2 for Moment {
+impl InplaceOp2 for Moments {
     fn name(&self) -> &'static str {
-        "tinygpt-adamw-moment"
+        "tinygpt-adamw-moments"
     }
 
     fn cpu_fwd(
@@ -68,10 +74,13 @@ impl InplaceOp2 for Moment {
         l2: &Layout,
     ) -> candle_core::Result<()> {
         let ((a, b), (c, d)) = (offsets(l1)?, offsets(l2)?);
+        if b - a != 2 * (d - c) {
+            candle_core::bail!("AdamW moments: [m; v] must hold twice the gradient's numbers");
+        }
         match (s1, s2) {
-            (CpuStorage::F32(m), CpuStorage::F32(g)) => self.run(&mut m[a..b], &g[c..d]),
-            (CpuStorage::F64(m), CpuStorage::F64(g)) => self.run(&mut m[a..b], &g[c..d]),
-            _ => candle_core::bail!("AdamW moment: f32 or f64 of one dtype"),
+            (CpuStorage::F32(mv), CpuStorage::F32(g)) => self.run(&mut mv[a..b], &g[c..d]),
+            (CpuStorage::F64(mv), CpuStorage::F64(g)) => self.run(&mut mv[a..b], &g[c..d]),
+            _ => candle_core::bail!("AdamW moments: f32 or f64 of one dtype"),
         }
         Ok(())
     }
@@ -84,7 +93,7 @@ impl InplaceOp2 for Moment {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        crate::model::fused_cuda::adamw_moment((s1, l1), (s2, l2), self)
+        crate::model::fused_cuda::adamw_moments((s1, l1), (s2, l2), self)
     }
 }
 

@@ -14,7 +14,7 @@ pub mod sum_squares;
 pub mod trainer;
 
 pub use collective::{Collective, LocalGroup, Single};
-pub use optim::{clip_factor, grad_norm, AdamW, AdamWConfig};
+pub use optim::{clip_factor, flatten_grads, grad_norm, AdamW, AdamWConfig};
 pub use presets::{train_preset, TRAIN_PRESETS};
 pub use run::{read_metrics, run, Event, Record, RunOptions, RunSummary, StopReason};
 pub use schedule::CosineSchedule;

@@ -19,7 +19,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::adamw_fused::{Moment, Update};
+use super::adamw_fused::{Moments, Update};
 use super::sum_squares::sum_of_squares;
 use crate::model::params::Params;
 use crate::{Error, Result};
@@ -48,8 +48,10 @@ pub struct AdamW {
     pub config: AdamWConfig,
     /// Updates done so far (t − 1 during the next update).
     step: u64,
-    /// First and second moments per weight name.
-    moments: BTreeMap<String, (Tensor, Tensor)>,
+    /// The first and second moments of every weight, laid end to end in the params' name order
+    /// as the gradients are (see [`flatten_grads`]): row 0 holds `m`, row 1 `v`, `(2, N)` f32 for
+    /// `N` numbers in all, so that one pass updates them all. `None` before the first step.
+    moments: Option<Tensor>,
 }
 
 /// Whether weight decay applies to a tensor: matrices and embeddings yes, vectors no.
@@ -57,12 +59,25 @@ pub fn decays(shape: &[usize]) -> bool {
     shape.len() >= 2
 }
 
+/// Every weight's gradient flattened and laid end to end in the params' name order, f32 (zeros
+/// for a weight without one): the layout of the data-parallel all-reduce and of AdamW's moments.
+pub fn flatten_grads(params: &Params, grads: &GradStore) -> Result<Tensor> {
+    let mut parts = vec![];
+    for (_, var) in params.iter() {
+        parts.push(match grads.get(var.as_tensor()) {
+            Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
+            None => Tensor::zeros(var.elem_count(), DType::F32, var.device())?,
+        });
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
         AdamW {
             config,
             step: 0,
-            moments: BTreeMap::new(),
+            moments: None,
         }
     }
 
@@ -70,8 +85,8 @@ impl AdamW {
         self.step
     }
 
-    /// One update of every weight that has a gradient, with the gradients multiplied by
-    /// `grad_scale` first (the clipping factor; 1.0 for none).
+    /// One update of every weight, from its gradient in `grads` multiplied by `grad_scale` first
+    /// (the clipping factor; 1.0 for none). A weight without a gradient counts as a zero one.
     pub fn step(
         &mut self,
         params: &Params,
@@ -79,28 +94,55 @@ impl AdamW {
         lr: f64,
         grad_scale: f64,
     ) -> Result<()> {
+        self.step_flat(params, &flatten_grads(params, grads)?, lr, grad_scale)
+    }
+
+    /// [`AdamW::step`] from the gradients already laid end to end ([`flatten_grads`]'s layout,
+    /// `(N)` f32), as the data-parallel trainer has them after its all-reduce.
+    pub fn step_flat(
+        &mut self,
+        params: &Params,
+        grads: &Tensor,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
+        let n = params.count();
+        if grads.dims() != [n] {
+            return Err(Error::Invalid(format!(
+                "AdamW: the gradients laid end to end have shape {:?}; the model's {n} weights need ({n})",
+                grads.dims()
+            )));
+        }
+        if let Some((name, var)) = params.iter().find(|(_, v)| v.dtype() != DType::F32) {
+            return Err(Error::Invalid(format!(
+                "AdamW keeps f32 master weights and moments, but `{name}` is {:?}",
+                var.dtype()
+            )));
+        }
         self.step += 1;
         let c = &self.config;
         let t = self.step as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
-        for (name, var) in params.iter() {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let g = g.to_dtype(var.dtype())?.contiguous()?;
-            let (m, v) = match self.moments.remove(name) {
-                Some(mv) => mv,
-                None => (var.zeros_like()?, var.zeros_like()?),
-            };
-            // In place (model/fused.cu on a GPU): see `adamw_fused` for the formulas.
-            let moment = |beta, square| Moment {
-                beta,
-                scale: grad_scale,
-                square,
-            };
-            m.inplace_op2(&g, &moment(c.beta1, false))?;
-            v.inplace_op2(&g, &moment(c.beta2, true))?;
+        let device = grads.device();
+        let mv = match self.moments.take() {
+            Some(mv) => mv,
+            None => Tensor::zeros((2, n), DType::F32, device)?,
+        };
+        // In place (model/fused.cu on a GPU): see `adamw_fused` for the formulas.
+        let moments = Moments {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            scale: grad_scale,
+        };
+        mv.inplace_op2(&grads.to_dtype(DType::F32)?.contiguous()?, &moments)?;
+        let mut offset = 0;
+        for (_, var) in params.iter() {
+            let k = var.elem_count();
+            let (m, v) = (
+                mv.get(0)?.narrow(0, offset, k)?,
+                mv.get(1)?.narrow(0, offset, k)?,
+            );
             let decay = if decays(var.dims()) {
                 1.0 - lr * c.weight_decay
             } else {
@@ -113,17 +155,26 @@ impl AdamW {
                 eps: c.eps,
             };
             var.as_tensor().inplace_op3(&m, &v, &update)?;
-            self.moments.insert(name.clone(), (m, v));
+            offset += k;
         }
+        self.moments = Some(mv);
         Ok(())
     }
 
-    /// Saves the moments and step count (`m.NAME`, `v.NAME` tensors; the step in the metadata).
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Saves the moments (`m.NAME` and `v.NAME`, shaped like each of `params`' weights) and the
+    /// step count (`step`), so that a resumed run continues exactly.
+    pub fn save(&self, path: &Path, params: &Params) -> Result<()> {
         let mut tensors = BTreeMap::new();
-        for (name, (m, v)) in &self.moments {
-            tensors.insert(format!("m.{name}"), m.clone());
-            tensors.insert(format!("v.{name}"), v.clone());
+        if let Some(mv) = &self.moments {
+            let mut offset = 0;
+            for (name, var) in params.iter() {
+                let k = var.elem_count();
+                for (row, prefix) in ["m", "v"].into_iter().enumerate() {
+                    let moment = mv.get(row)?.narrow(0, offset, k)?.reshape(var.shape())?;
+                    tensors.insert(format!("{prefix}.{name}"), moment);
+                }
+                offset += k;
+            }
         }
         tensors.insert(
             "step".to_string(),
@@ -132,7 +183,8 @@ impl AdamW {
         crate::model::checkpoint::save_weights(path, &tensors)
     }
 
-    /// Restores what [`AdamW::save`] wrote, checking every moment against the model's weights.
+    /// Restores what [`AdamW::save`] wrote, checking every moment against the model's weights
+    /// (a weight the file has no moments for starts from zeros, as at the first step).
     pub fn load(config: AdamWConfig, path: &Path, params: &Params) -> Result<Self> {
         let mut tensors = crate::model::checkpoint::load_weights(path, &Device::Cpu)?;
         let bad = |why: String| Error::data(path, why);
@@ -140,14 +192,12 @@ impl AdamW {
             .remove("step")
             .ok_or_else(|| bad("has no step count".into()))?
             .to_vec1()?;
-        let mut moments = BTreeMap::new();
+        let (mut ms, mut vs) = (vec![], vec![]);
         for (name, var) in params.iter() {
             let mut take = |prefix: &str| -> Result<Option<Tensor>> {
                 match tensors.remove(&format!("{prefix}.{name}")) {
                     None => Ok(None),
-                    Some(t) if t.dims() == var.dims() => {
-                        Ok(Some(t.to_dtype(DType::F32)?.to_device(var.device())?))
-                    }
+                    Some(t) if t.dims() == var.dims() => Ok(Some(t.to_dtype(DType::F32)?)),
                     Some(t) => Err(bad(format!(
                         "holds moments of shape {:?} for `{name}`, whose shape is {:?}",
                         t.dims(),
@@ -155,34 +205,37 @@ impl AdamW {
                     ))),
                 }
             };
-            if let (Some(m), Some(v)) = (take("m")?, take("v")?) {
-                moments.insert(name.clone(), (m, v));
-            }
+            let zeros = || Tensor::zeros(var.shape(), DType::F32, &Device::Cpu);
+            let (m, v) = match (take("m")?, take("v")?) {
+                (Some(m), Some(v)) => (m, v),
+                _ => (zeros()?, zeros()?),
+            };
+            ms.push(m.flatten_all()?);
+            vs.push(v.flatten_all()?);
         }
         if let Some(extra) = tensors.keys().next() {
             return Err(bad(format!("holds optimizer state for `{extra}`, which the model does not have: it belongs to another model")));
         }
+        let step = step[0] as u64 | (step[1] as u64) << 32;
+        let moments = match params.iter().next() {
+            Some((_, first)) if step > 0 => Some(
+                Tensor::stack(&[Tensor::cat(&ms, 0)?, Tensor::cat(&vs, 0)?], 0)?
+                    .to_device(first.device())?,
+            ),
+            _ => None,
+        };
         Ok(AdamW {
             config,
-            step: step[0] as u64 | (step[1] as u64) << 32,
+            step,
             moments,
         })
     }
 }
 
 /// The global L2 norm of all gradients, `√(Σ‖g‖²)`, as one number (it waits for the device):
-/// the gradients laid end to end (in name order), then one [`sum_of_squares`] over them all.
+/// one [`sum_of_squares`] over the gradients laid end to end.
 pub fn grad_norm(params: &Params, grads: &GradStore) -> Result<f64> {
-    let mut flat = vec![];
-    for (_, var) in params.iter() {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            flat.push(g.to_dtype(DType::F32)?.flatten_all()?);
-        }
-    }
-    if flat.is_empty() {
-        return Ok(0.0);
-    }
-    let sum = sum_of_squares(&Tensor::cat(&flat, 0)?)?;
+    let sum = sum_of_squares(&flatten_grads(params, grads)?)?;
     Ok((sum.to_scalar::<f32>()? as f64).sqrt())
 }
 

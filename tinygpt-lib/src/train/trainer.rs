@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::collective::{self, Collective};
-use super::optim::{clip_factor, AdamW, AdamWConfig};
+use super::optim::{clip_factor, flatten_grads, AdamW, AdamWConfig};
 use super::schedule::CosineSchedule;
 use super::sum_squares::sum_of_squares;
 use crate::data::loader::{Cursor, DataLoader, LoaderConfig, ValLoader};
@@ -164,9 +164,8 @@ impl Replica {
         let (norm, loss) = ((stats[0] as f64).sqrt(), stats[1]);
         let skipped = !loss.is_finite() || !norm.is_finite();
         if !skipped {
-            let grads = unflatten(self.model.params(), &grads)?;
             self.optimizer
-                .step(self.model.params(), &grads, lr, clip_factor(norm, clip))?;
+                .step_flat(self.model.params(), &grads, lr, clip_factor(norm, clip))?;
         }
         Ok(ReplicaStep {
             loss,
@@ -214,15 +213,8 @@ impl Replica {
             grads.expect("accum ≥ 1"),
             loss_sum.expect("accum ≥ 1").reshape(1)?,
         );
-        let mut parts = vec![];
-        for (_, var) in self.model.params().iter() {
-            parts.push(match grads.get(var.as_tensor()) {
-                Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
-                None => Tensor::zeros(var.elem_count(), DType::F32, var.device())?,
-            });
-        }
-        parts.push(loss);
-        Ok((Tensor::cat(&parts, 0)?, tokens))
+        let flat = flatten_grads(self.model.params(), &grads)?;
+        Ok((Tensor::cat(&[flat, loss], 0)?, tokens))
     }
 
     /// Makes this replica's weights rank 0's (they already agree when every worker initialised
@@ -260,14 +252,6 @@ fn unflatten_named(params: &Params, flat: &Tensor) -> Result<Vec<(String, Tensor
         offset += n;
     }
     Ok(out)
-}
-
-fn unflatten(params: &Params, flat: &Tensor) -> Result<GradStore> {
-    let mut grads = GradStore::default();
-    for (name, g) in unflatten_named(params, flat)? {
-        grads.insert(params.get(&name).expect("own name").as_tensor(), g);
-    }
-    Ok(grads)
 }
 
 /// The training run: one replica per device, stepping together.
@@ -540,7 +524,9 @@ impl Trainer {
         let _ = std::fs::remove_dir_all(&tmp);
         let written = (|| {
             checkpoint::save(&tmp, &rank0.model, self.tokenizer.as_ref())?;
-            rank0.optimizer.save(&tmp.join(OPTIMIZER_FILE))?;
+            rank0
+                .optimizer
+                .save(&tmp.join(OPTIMIZER_FILE), rank0.model.params())?;
             let state = TrainerState {
                 config: self.config.clone(),
                 step: self.step,
