@@ -76,10 +76,11 @@ __device__ float block_sum(float v) {
 // Most kernels here are memory-bound, and keeping the memory busy takes many bytes in flight: a
 // thread that reads one bf16 (2 bytes) and waits for it before the next read leaves it idle most
 // of the time. (Read that way, the cross-entropy's forward took 2.65 ms for the 1.65 GB of bf16
-// logits on an H200, 0.6 TB/s, an eighth of the card's bandwidth; the bias add and GELU of a
-// layer's MLP, 0.4 ms, the same.) So the kernels read and write 16 bytes at once, 8 bf16 or 4 f32
-// numbers, where the data allow it (a whole number of packs, 16-byte aligned: the activations'
-// rows of 512 or 2,048 numbers, the logits' of 50,304), and one number at a time elsewhere.
+// logits on an H200, 0.6 TB/s, an eighth of the card's bandwidth; the MLP's first layer with its
+// bias add and GELU took 0.4 ms, most of it those two passes at about that speed.) So the kernels
+// read and write 16 bytes at once, 8 bf16 or 4 f32 numbers, where the data allow it (a whole
+// number of packs, 16-byte aligned: the activations' rows of 512 or 2,048 numbers, the logits'
+// of 50,304), and one number at a time elsewhere.
 template <typename T> struct Pack { static constexpr int N = 16 / sizeof(T); };
 __device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
 __device__ __forceinline__ void load16(const float* p, long i, float* f) {
