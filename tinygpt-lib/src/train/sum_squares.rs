@@ -9,8 +9,9 @@
 //! sums in order. The chunks and the grid depend only on the length, so the same gradients give
 //! the same norm, bit for bit, on every run. It is also more exact: a single f32 running sum (as
 //! candle's `sum_all` adds on the CPU) of 4M squares drifts by 3e-5 of the total, since every
-//! addition rounds against a sum grown large; short sums added up in f64 stay within 1e-7
-//! (`tests/train.rs`). The gradient norms a run prints moved in their fifth digit with it.
+//! addition rounds against a sum grown large; short sums added up in f64 came within 1e-7 of
+//! the exact total there (`tests/train.rs`). The gradient norms a run prints moved in their fifth
+//! digit with it.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
