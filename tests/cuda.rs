@@ -183,11 +183,9 @@ fn fused_cuda_kernels_equal_the_composed_formulas_in_value_and_gradient() {
             max_abs_diff(&ga, &gb)
         );
     }
-    // Cross-entropy with an ignored target, on logits as wide as GPT-2's vocabulary (seeded,
-    // σ = 3, one large logit so that a row's softmax nears 1).
-    let mut rng = tinygpt::rng::Rng::new(5);
-    let mut x: Vec<f32> = (0..6 * 50304).map(|_| 3.0 * rng.normal() as f32).collect();
-    x[50304 + 9] = 25.0;
+    // Cross-entropy with an ignored target, on logits as wide as GPT-2's vocabulary (seeded, one
+    // row's softmax near 1).
+    let x = tinygpt_tests::wide_logits(6, 50304);
     let logits = Var::from_tensor(&Tensor::from_vec(x, (6, 50304), &dev).unwrap()).unwrap();
     let targets = Tensor::new(&[3u32, 0, 50303, u32::MAX, 7, 7], &dev).unwrap();
     let (sum, count) = tinygpt::model::cross_entropy_sum(&logits, &targets).unwrap();
@@ -203,10 +201,7 @@ fn fused_cuda_kernels_equal_the_composed_formulas_in_value_and_gradient() {
     // million (the backward takes its log-normaliser from the loss; see tests/model.rs).
     let (g1, g2) = (sum.backward().unwrap(), sum2.backward().unwrap());
     let (a, b) = (g1.get(&logits).unwrap(), g2.get(&logits).unwrap());
-    let bound = ((b.abs().unwrap() * 1e-4).unwrap() + 1e-8).unwrap();
-    let worst = ((a - b).unwrap().abs().unwrap() / bound).unwrap();
-    let worst = worst.flatten_all().unwrap().max(0).unwrap();
-    let worst = worst.to_scalar::<f32>().unwrap();
+    let worst = tinygpt_tests::max_share_of_bound(a, b, 1e-4, 1e-8);
     assert!(
         worst <= 1.0,
         "cross-entropy gradient: {worst} × (1e-4 relative + 1e-8)"

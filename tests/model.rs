@@ -784,11 +784,8 @@ fn fused_cpu_kernels_equal_the_composed_formulas_in_value_and_gradient() {
     let rows: Vec<Vec<f64>> = a.to_vec2().unwrap();
     assert!(rows[3].iter().all(|&v| v == 0.0));
     assert!(rows[0].iter().sum::<f64>().abs() < 1e-12);
-    // The same in f32 on rows as wide as GPT-2's vocabulary (seeded normal logits, σ = 3, with
-    // one large logit in row 1 so that its softmax has a probability near 1).
-    let mut rng = tinygpt::rng::Rng::new(5);
-    let mut x: Vec<f32> = (0..6 * 50304).map(|_| 3.0 * rng.normal() as f32).collect();
-    x[50304 + 9] = 25.0;
+    // The same in f32 on rows as wide as GPT-2's vocabulary (seeded, one row's softmax near 1).
+    let x = tinygpt_tests::wide_logits(6, 50304);
     let logits = Var::from_tensor(&Tensor::from_vec(x, (6, 50304), &dev).unwrap()).unwrap();
     let targets = Tensor::new(&[3u32, 0, 50303, u32::MAX, 7, 7], &dev).unwrap();
     let (sum, _) = model::cross_entropy_sum(&logits, &targets).unwrap();
@@ -803,10 +800,7 @@ fn fused_cpu_kernels_equal_the_composed_formulas_in_value_and_gradient() {
     // again): compare relative to each gradient.
     let (g1, g2) = (sum.backward().unwrap(), sum2.backward().unwrap());
     let (a, b) = (g1.get(&logits).unwrap(), g2.get(&logits).unwrap());
-    let bound = ((b.abs().unwrap() * 3e-5).unwrap() + 1e-9).unwrap();
-    let excess = ((a - b).unwrap().abs().unwrap() / bound).unwrap();
-    let worst = excess.flatten_all().unwrap().max(0).unwrap();
-    let worst = worst.to_scalar::<f32>().unwrap();
+    let worst = tinygpt_tests::max_share_of_bound(a, b, 3e-5, 1e-9);
     assert!(
         worst <= 1.0,
         "f32 cross-entropy gradient: {worst} × (3e-5 relative + 1e-9)"

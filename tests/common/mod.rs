@@ -144,15 +144,17 @@ pub fn max_abs_diff(a: &tinygpt::candle_core::Tensor, b: &tinygpt::candle_core::
             .and_then(|t| t.to_dtype(DType::F32))
             .unwrap()
     };
-    (host(a) - host(b))
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
+    largest(&(host(a) - host(b)).unwrap().abs().unwrap())
+}
+
+/// The largest number of a float tensor, as f32.
+fn largest(t: &tinygpt::candle_core::Tensor) -> f32 {
+    let t = t.to_dtype(tinygpt::candle_core::DType::F32).unwrap();
+    t.flatten_all()
         .unwrap()
         .max(0)
         .unwrap()
-        .to_scalar::<f32>()
+        .to_scalar()
         .unwrap()
 }
 
@@ -162,6 +164,29 @@ pub fn sevens(n: usize) -> (Vec<f32>, f64) {
     let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
     let tail: f64 = x[n / 7 * 7..].iter().map(|&a| (a * a) as f64).sum();
     (x, (n / 7 * 28) as f64 + tail)
+}
+
+/// Seeded logits for the cross-entropy checks, `rows × vocab` (row-major): normal numbers with
+/// σ = 3, and one large logit in row 1, so that its softmax has a probability near 1.
+pub fn wide_logits(rows: usize, vocab: usize) -> Vec<f32> {
+    let mut rng = tinygpt::rng::Rng::new(5);
+    let mut x: Vec<f32> = (0..rows * vocab)
+        .map(|_| 3.0 * rng.normal() as f32)
+        .collect();
+    x[vocab + 9] = 25.0;
+    x
+}
+
+/// The largest `|a − b| / (rel·|b| + abs)` over two tensors of one shape, on any device: at most
+/// 1 when every number of `a` is within `rel` of `b`'s (relatively), give or take `abs`.
+pub fn max_share_of_bound(
+    a: &tinygpt::candle_core::Tensor,
+    b: &tinygpt::candle_core::Tensor,
+    rel: f64,
+    abs: f64,
+) -> f32 {
+    let bound = ((b.abs().unwrap() * rel).unwrap() + abs).unwrap();
+    largest(&((a - b).unwrap().abs().unwrap() / bound).unwrap())
 }
 
 /// Three stories of a few tokens, each opened by `eos`.
