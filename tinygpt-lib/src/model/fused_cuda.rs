@@ -244,49 +244,50 @@ pub fn cross_entropy_backward(
     ld: &Layout,
 ) -> Result<(CudaStorage, Shape)> {
     let (n, v) = lx.shape().dims2()?;
-    let (xo, lo, ts, v32) = (
-        offsets(lx)?,
-        offsets(ld)?,
-        targets_of(targets, lt)?,
-        v as i32,
-    );
+    let (xo, lo, ts) = (offsets(lx)?, offsets(ld)?, targets_of(targets, lt)?);
     let CudaStorageSlice::F32(ls) = &loss_and_dloss.slice else {
         candle_core::bail!("cross-entropy backward on CUDA: f32 loss and gradient")
     };
-    let (loss, dloss) = (ls.slice(lo.0..lo.0 + n), ls.slice(lo.0 + n..lo.1));
+    let loss_dloss = (ls.slice(lo.0..lo.0 + n), ls.slice(lo.0 + n..lo.1));
     let dev = &x.device;
     let slice = match &x.slice {
-        CudaStorageSlice::F32(xs) => {
-            let xs = xs.slice(xo.0..xo.1);
-            // SAFETY: the kernel writes all n·v gradients.
-            let out = unsafe { dev.alloc::<f32>(n * v)? };
-            kernel(dev, "cross_entropy_backward_f32")?.run(rows(n), |b| {
-                b.arg(&xs)
-                    .arg(&ts)
-                    .arg(&loss)
-                    .arg(&dloss)
-                    .arg(&out)
-                    .arg(&v32);
-            })?;
-            CudaStorageSlice::F32(out)
-        }
-        CudaStorageSlice::BF16(xs) => {
-            let xs = xs.slice(xo.0..xo.1);
-            // SAFETY: as above.
-            let out = unsafe { dev.alloc::<half::bf16>(n * v)? };
-            kernel(dev, "cross_entropy_backward_bf16")?.run(rows(n), |b| {
-                b.arg(&xs)
-                    .arg(&ts)
-                    .arg(&loss)
-                    .arg(&dloss)
-                    .arg(&out)
-                    .arg(&v32);
-            })?;
-            CudaStorageSlice::BF16(out)
-        }
+        CudaStorageSlice::F32(xs) => CudaStorageSlice::F32(cross_entropy_backward_as(
+            kernel(dev, "cross_entropy_backward_f32")?,
+            dev,
+            &xs.slice(xo.0..xo.1),
+            &ts,
+            &loss_dloss,
+            (n, v),
+        )?),
+        CudaStorageSlice::BF16(xs) => CudaStorageSlice::BF16(cross_entropy_backward_as(
+            kernel(dev, "cross_entropy_backward_bf16")?,
+            dev,
+            &xs.slice(xo.0..xo.1),
+            &ts,
+            &loss_dloss,
+            (n, v),
+        )?),
         _ => candle_core::bail!("cross-entropy backward on CUDA: f32 or bf16 logits"),
     };
     Ok((storage(slice, dev), lx.shape().clone()))
+}
+
+/// Runs the cross-entropy backward kernel `k` on `(n, v)` logits of element type `T`: `dx`, as `T`.
+fn cross_entropy_backward_as<T: DeviceRepr>(
+    k: Kernel,
+    dev: &CudaDevice,
+    xs: &CudaView<T>,
+    ts: &CudaView<u32>,
+    (loss, dloss): &(CudaView<f32>, CudaView<f32>),
+    (n, v): (usize, usize),
+) -> Result<CudaSlice<T>> {
+    let v32 = v as i32;
+    // SAFETY: the kernel writes all n·v gradients.
+    let dx = unsafe { dev.alloc::<T>(n * v)? };
+    k.run(rows(n), |b| {
+        b.arg(xs).arg(ts).arg(loss).arg(dloss).arg(&dx).arg(&v32);
+    })?;
+    Ok(dx)
 }
 
 /// The gain of a norm: f32 on CUDA whatever the activations' dtype.
