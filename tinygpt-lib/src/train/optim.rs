@@ -62,6 +62,12 @@ pub fn decays(shape: &[usize]) -> bool {
 /// Every weight's gradient flattened and laid end to end in the params' name order, f32 (zeros
 /// for a weight without one): the layout of the data-parallel all-reduce and of AdamW's moments.
 pub fn flatten_grads(params: &Params, grads: &GradStore) -> Result<Tensor> {
+    Ok(Tensor::cat(&grad_parts(params, grads)?, 0)?)
+}
+
+/// The pieces [`flatten_grads`] lays end to end, one flat f32 tensor per weight in name order
+/// (for a caller that appends more before the one copy).
+pub fn grad_parts(params: &Params, grads: &GradStore) -> Result<Vec<Tensor>> {
     let mut parts = vec![];
     for (_, var) in params.iter() {
         parts.push(match grads.get(var.as_tensor()) {
@@ -69,7 +75,7 @@ pub fn flatten_grads(params: &Params, grads: &GradStore) -> Result<Tensor> {
             None => Tensor::zeros(var.elem_count(), DType::F32, var.device())?,
         });
     }
-    Ok(Tensor::cat(&parts, 0)?)
+    Ok(parts)
 }
 
 impl AdamW {

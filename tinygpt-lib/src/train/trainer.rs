@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::collective::{self, Collective};
-use super::optim::{clip_factor, flatten_grads, AdamW, AdamWConfig};
+use super::optim::{clip_factor, grad_parts, AdamW, AdamWConfig};
 use super::schedule::CosineSchedule;
 use super::sum_squares::sum_of_squares;
 use crate::data::loader::{Cursor, DataLoader, LoaderConfig, ValLoader};
@@ -213,8 +213,10 @@ impl Replica {
             grads.expect("accum ≥ 1"),
             loss_sum.expect("accum ≥ 1").reshape(1)?,
         );
-        let flat = flatten_grads(self.model.params(), &grads)?;
-        Ok((Tensor::cat(&[flat, loss], 0)?, tokens))
+        // The gradients and the loss in one buffer, copied once: one all-reduce carries both.
+        let mut parts = grad_parts(self.model.params(), &grads)?;
+        parts.push(loss);
+        Ok((Tensor::cat(&parts, 0)?, tokens))
     }
 
     /// Makes this replica's weights rank 0's (they already agree when every worker initialised
