@@ -29,7 +29,7 @@
 //! The kernel reads queries, keys and values straight from `c_attn`'s output `(B, T, (nh +
 //! 2·nkv)·hd)` and writes `(B, T, nh·hd)`, the layout `c_proj` wants: no transposes of the
 //! big tensors. The sums run four queries at a time, like a matrix product's inner kernel,
-//! so that each key and value loaded serves four queries (see [`Task`]): about twice as fast
+//! so that each key and value loaded serves four queries (see `Task`): about twice as fast
 //! as one query at a time on the 2-core CPU (from a quarter of a training step to a seventh).
 //! With AVX-512 they also run three chunks of 16 keys (or of a head's numbers) at a time, so
 //! that each query number loaded serves 48 of them: with one chunk, the loads set the pace

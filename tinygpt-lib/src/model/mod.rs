@@ -1,7 +1,7 @@
 //! The model: a GPT built from candle tensors and our own small layers, read top-down:
 //! [`config`] (the numbers) → [`gpt`] (embeddings, blocks, head, loss) → [`block`] →
 //! [`attention`] (+ [`rope`]) and [`mlp`] → [`norm`], [`linear`]. [`params`] holds the weights
-//! by name; [`generate`] samples text; [`checkpoint`], [`hf`] and [`llama2c`] move weights in
+//! by name; [`mod@generate`] samples text; [`checkpoint`], [`hf`] and [`llama2c`] move weights in
 //! and out; [`summary`] prints the parameter table. For speed, the hot spots also run as fused
 //! kernels with hand-written backward passes, each tested against the formulas above:
 //! [`fused`] (softmax, cross-entropy, GELU, bias), [`fused_attention`], [`fused_norm`],

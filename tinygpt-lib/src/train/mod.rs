@@ -1,7 +1,7 @@
 //! Training: the optimizer ([`optim`]: AdamW, gradient clipping, with [`adamw_fused`]'s in-place
 //! update and [`sum_squares`]'s one-pass norm), the learning-rate schedule
 //! ([`schedule`]), how data-parallel workers share gradients ([`collective`]), one optimizer step
-//! on every worker ([`trainer`]), and the loop around it ([`run`]: evaluation, metrics,
+//! on every worker ([`trainer`]), and the loop around it ([`mod@run`]: evaluation, metrics,
 //! checkpoints, stopping) that the CLI and the notebooks share.
 
 pub mod adamw_fused;
