@@ -6,9 +6,10 @@
 # Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX, and the
 # attention kernels (warp and tensor-core ones), the document scan, the norms, the softmax, the
 # column sums, the cross-entropy and the sum of squares, run on the CPU by a small CUDA emulation
-# (tests/cuda_emulated: a thread per GPU thread; shuffles, tensor-core products and
-# __syncthreads through barriers), must equal references computed there in double, in value and
-# gradient.
+# (tests/cuda_emulated: a coroutine per GPU thread; shuffles, tensor-core products and
+# __syncthreads as barriers), must equal references computed there in double, in value and
+# gradient, with the threads of each block run one at a time between barriers in two orders
+# (lowest index first, then highest), so that a missing barrier gives a wrong result.
 # CI runs it next to scripts/cuda-check.sh (which builds the Rust side), so that neither
 # half of the GPU path can rot unseen. The compiler comes from scripts/cuda-env.sh (PyPI wheels).
 set -euo pipefail
