@@ -5,7 +5,11 @@
 //!
 //! The data flows one way: [`data::source`] (TinyStories from the hub or local files) →
 //! [`tokenizer`] → [`data::shards`] (`uint16` `.npy` shards) → [`data::loader`] (batches with
-//! document and position ids). [`plot`] draws the charts of the notebooks and the CLI.
+//! document and position ids) → [`model`] (the GPT, its fused kernels, generation, checkpoints)
+//! → [`train`] (AdamW, the learning-rate schedule, data parallel, the training loop). Beside
+//! them: [`device`] (`--device`, `--dtype`), [`mod@bench`] (`tinygpt bench`), [`rng`] (seeded
+//! initialisation and sampling), [`atomic`] (files written whole or not at all), [`error`].
+//! [`plot`] draws the charts of the notebooks and the CLI.
 //!
 //! Notebooks use the crate by path: `:dep tinygpt = { path = "../tinygpt-lib" }`. The crates a
 //! notebook needs besides are re-exported ([`polars`], [`candle_core`]) so that their versions
