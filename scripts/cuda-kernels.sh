@@ -3,9 +3,10 @@
 # with NVRTC at first use, for compute capability 8.0 as here) with the real CUDA 13.0 compiler,
 # on any machine, without a GPU: nvcc to PTX, then ptxas to machine code for the H100/H200
 # (sm_90) and the RTX 4090 (sm_89), which also checks the tensor-core instructions' PTX.
-# Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX, and the
-# attention kernels (warp and tensor-core ones), the document scan, the norms, the softmax, the
-# column sums, the cross-entropy and the sum of squares, run on the CPU by a small CUDA emulation
+# Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX, and every
+# kernel of the PTX (the attention's warp and tensor-core kernels, the document scan, the norms,
+# the softmax, GELU, the bias, the column sums, the cross-entropy, the sum of squares, AdamW and
+# the embedding), run on the CPU by a small CUDA emulation
 # (tests/cuda_emulated: a coroutine per GPU thread; shuffles, tensor-core products and
 # __syncthreads as barriers), must equal references computed there in double, in value and
 # gradient, with the threads of each block run one at a time between barriers in two orders
@@ -32,8 +33,17 @@ for name in $(grep -oE '"[a-z][a-z0-9_]*"' tinygpt-lib/src/model/fused_cuda.rs |
   echo "error: model/fused_cuda.rs launches '$name', which $SRC does not define" >&2
   missing=1
 done
+# Every kernel is run by the emulation below: by its name, or by the template it instantiates
+# (its name without `_f32`, `_bf16` or `_hd64`), called with `(` or `<`.
+for name in $entries; do
+  stem="$(sed -E 's/_(f32|bf16|hd[0-9]+)$//' <<<"$name")"
+  grep -qw "$name" tests/cuda_emulated/*.cpp && continue
+  grep -qE "\b$stem(<[^>]*>)?\(|\b$stem<" tests/cuda_emulated/*.cpp && continue
+  echo "error: $SRC defines the kernel '$name', which tests/cuda_emulated does not run" >&2
+  missing=1
+done
 [[ $missing == 0 ]] || exit 1
-echo "fused.cu: $(wc -l <<<"$entries") kernels compiled (compute_80 PTX) for sm_89 and sm_90; every kernel fused_cuda.rs names is there"
+echo "fused.cu: $(wc -l <<<"$entries") kernels compiled (compute_80 PTX) for sm_89 and sm_90; every kernel fused_cuda.rs names is there, and tests/cuda_emulated runs each"
 command -v g++ >/dev/null || { echo "error: g++ (C++20) is needed for tests/cuda_emulated: install it (apt-get install g++)" >&2; exit 1; }
 for test in attention rows; do
   g++ -std=c++20 -O2 -pthread -x c++ "tests/cuda_emulated/$test.cpp" -o "$OUT/$test"

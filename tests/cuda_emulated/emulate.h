@@ -1,5 +1,5 @@
-// Just enough of CUDA to run fused.cu's kernels on a CPU (the tests run the attention, norm,
-// softmax, column-sum and cross-entropy ones), for checking them where there is no GPU
+// Just enough of CUDA to run fused.cu's kernels on a CPU (attention.cpp and rows.cpp run every
+// one of them), for checking them where there is no GPU
 // (scripts/cuda-kernels.sh, in CI). Each thread of a block is a coroutine (a `ucontext_t` with a
 // stack of its own); the blocks run one after another. `__syncthreads` is a barrier of the block;
 // a warp shuffle, `__syncwarp` or a tensor-core product (`mma_16816`) is a barrier of the warp (a

@@ -1,16 +1,17 @@
 // fused.cu's kernels over rows, run on the CPU through emulate.h with the launch shapes
 // model/fused_cuda.rs gives them, against references computed here in double. Each runs both
 // ways it can read memory: 16 bytes at a time (rows or vectors that are a whole number of aligned
-// packs) and one number at a time (the others).
+// packs) and one number at a time (the others), and in f32 and bf16 where the kernel has both.
 // - the norms (LayerNorm and RMSNorm: forward, backward for the input and for the gain): the
 //   forward by its definition, the gradients by central finite differences of Σ dy ⊙ y, on rows of
 //   70 numbers (lanes that take three columns and lanes that take two) and of 160 (40 packs of 4)
 //   over several blocks;
-// - the column sums of the bias gradient, the sum of squares of the gradient norm, and AdamW's
-//   moments;
+// - the column sums of the bias gradient, the sum of squares of the gradient norm, AdamW's
+//   moments and its update of a weight, the embedding lookup and its backward;
 // - GELU, forward and backward, and the bias add, in f32 and bf16;
 // - the masked softmax of the composed attention and its backward, with a causal mask shared by
 //   the batch and a document mask per batch row, on rows of 70 and 80;
+// bf16 results are held to the bound rounding allows (2⁻⁸ of each number).
 // - the cross-entropy, forward and backward, in f32 and bf16, on rows of 5,000 logits and of
 //   4,999 (a thread takes several packs or numbers of a row), among them rows whose maximum keeps
 //   growing or comes first, one that starts with −∞ logits, an ignored target and one out of
@@ -79,13 +80,53 @@ static int check(const char* what, double err, double tol) {
     return ok ? 0 : 1;
 }
 
+// x stored as T (f32 or bf16); x itself becomes the numbers as stored, for the references.
+template <typename T>
+static std::vector<T> stored_as(std::vector<double>& x) {
+    std::vector<T> t(x.size());
+    for (size_t i = 0; i < x.size(); i++) {
+        store(t.data(), (long)i, (float)x[i]);
+        x[i] = load(t.data(), (long)i);
+    }
+    return t;
+}
+
+template <typename T>
+static std::vector<float> floats(const std::vector<T>& t) {
+    std::vector<float> f(t.size());
+    for (size_t i = 0; i < t.size(); i++) f[i] = load(t.data(), (long)i);
+    return f;
+}
+
+// NaN as T: what a kernel must overwrite.
+template <typename T>
+static std::vector<T> nans(size_t n) {
+    std::vector<T> t(n);
+    for (size_t i = 0; i < n; i++) store(t.data(), (long)i, NAN);
+    return t;
+}
+
+// The error of a result stored as T: for f32 the largest difference, to be held to `tol`; for
+// bf16, rounding to 2⁻⁸ of each number allowed (plus `tol`), as a share of that bound (≤ 1
+// passes). A pack with its halves swapped is off by far more.
+template <typename T>
+static int check_as(const char* what, const std::vector<T>& got, const std::vector<double>& want, double tol) {
+    if (sizeof(T) == 4) return check(what, max_error(floats(got), want), tol);
+    char bound[128];
+    std::snprintf(bound, sizeof bound, "%s, share of the bf16 bound", what);
+    return check(bound, max_share_of_bound(floats(got), want, 1.0 / 256, tol), 1.0);
+}
+
 // softmax(x + mask) over rows of tk, x (B, H, T, Tk), mask (B or 1, 1, T, Tk), and its backward
-// dx = y ⊙ (dy − Σ dy ⊙ y), against double; one warp per row, blocks of four warps.
-static int check_softmax(uint64_t& seed, int tk) {
+// dx = y ⊙ (dy − Σ dy ⊙ y), in T (f32 or bf16), against double; one warp per row, blocks of four
+// warps.
+template <typename T>
+static int check_softmax(uint64_t& seed, int tk, const char* type) {
     const int b = 2, h = 3, t = 5, n = b * h * t;
     std::vector<double> x(n * tk), dy(n * tk);
     for (auto& v : x) v = 3.0 * next_uniform(seed);
     for (auto& v : dy) v = next_uniform(seed);
+    std::vector<T> xt = stored_as<T>(x), dyt = stored_as<T>(dy);
     int failed = 0;
     for (int mb : {1, b}) {
         // The row i of the mask lets i see the columns up to tk − t + i (a causal mask past 65
@@ -99,23 +140,27 @@ static int check_softmax(uint64_t& seed, int tk) {
         for (int row = 0; row < n; row++) {
             int bi = row / (h * t), i = row % t;
             const double* mr = &mask[((mb == 1 ? 0 : bi) * t + i) * tk];
-            double m = -INFINITY, s = 0, dot = 0;
+            double m = -INFINITY, s = 0;
             for (int j = 0; j < tk; j++) m = std::max(m, x[row * tk + j] + mr[j]);
             for (int j = 0; j < tk; j++) s += std::exp(x[row * tk + j] + mr[j] - m);
             for (int j = 0; j < tk; j++) y[row * tk + j] = std::exp(x[row * tk + j] + mr[j] - m) / s;
-            for (int j = 0; j < tk; j++) dot += y[row * tk + j] * dy[row * tk + j];
-            for (int j = 0; j < tk; j++) dx[row * tk + j] = y[row * tk + j] * (dy[row * tk + j] - dot);
         }
-        std::vector<float> xf(x.begin(), x.end()), mf(mask.begin(), mask.end()), dyf(dy.begin(), dy.end());
-        std::vector<float> yf(n * tk, NAN), yin(y.begin(), y.end()), dxf(n * tk, NAN);
+        // The backward takes the probabilities as stored in T, and so does its reference.
+        std::vector<double> y_in = y;
+        std::vector<T> mt = stored_as<T>(mask), yin = stored_as<T>(y_in), yt = nans<T>(n * tk), dxt = nans<T>(n * tk);
+        for (int row = 0; row < n; row++) {
+            double dot = 0;
+            for (int j = 0; j < tk; j++) dot += y_in[row * tk + j] * dy[row * tk + j];
+            for (int j = 0; j < tk; j++) dx[row * tk + j] = y_in[row * tk + j] * (dy[row * tk + j] - dot);
+        }
         unsigned blocks = (n * 32 + 127) / 128;
-        launch(Dim3{blocks, 1, 1}, 128, [&] { masked_softmax_f32(xf.data(), mf.data(), yf.data(), n, h, t, tk, mb); });
-        launch(Dim3{blocks, 1, 1}, 128, [&] { softmax_backward_f32(yin.data(), dyf.data(), dxf.data(), n, tk); });
+        launch(Dim3{blocks, 1, 1}, 128, [&] { masked_softmax(xt.data(), mt.data(), yt.data(), n, h, t, tk, mb); });
+        launch(Dim3{blocks, 1, 1}, 128, [&] { softmax_backward(yin.data(), dyt.data(), dxt.data(), n, tk); });
         char what[96];
-        std::snprintf(what, sizeof what, "masked softmax (%d rows of %d, mask batch %d)", n, tk, mb);
-        failed += check(what, max_error(yf, y), 1e-6);
-        std::snprintf(what, sizeof what, "softmax backward (rows of %d, mask batch %d)", tk, mb);
-        failed += check(what, max_error(dxf, dx), 1e-6);
+        std::snprintf(what, sizeof what, "masked softmax %s (%d rows of %d, mask batch %d)", type, n, tk, mb);
+        failed += check_as(what, yt, y, 1e-6);
+        std::snprintf(what, sizeof what, "softmax backward %s (rows of %d, mask batch %d)", type, tk, mb);
+        failed += check_as(what, dxt, dx, 1e-6);
     }
     return failed;
 }
@@ -205,16 +250,18 @@ static int check_sum_of_squares(uint64_t& seed) {
     return failed;
 }
 
-// The norms on rows of c numbers (70: a number at a time; 160: 40 packs of 4 f32, lanes taking two
-// or one), forward and both gradients.
-static int check_norms(uint64_t& seed, int c) {
+// The norms on rows of c numbers in T (70: a number at a time; 160: 40 packs of 4 f32 or 20 of 8
+// bf16, lanes taking two or one), forward and both gradients; the gain stays f32, as in the model.
+template <typename T>
+static int check_norms(uint64_t& seed, int c, const char* type) {
     const int n = 37;
     const float eps = 1e-5f;
     std::vector<double> x(n * c), dy(n * c), w(c);
     for (auto& v : x) v = 2.0 * next_uniform(seed) + 0.5;
     for (auto& v : dy) v = next_uniform(seed);
     for (auto& v : w) v = 1.0 + 0.5 * next_uniform(seed);
-    std::vector<float> xf(x.begin(), x.end()), dyf(dy.begin(), dy.end()), wf(w.begin(), w.end());
+    std::vector<T> xt = stored_as<T>(x), dyt = stored_as<T>(dy);
+    std::vector<float> wf = stored_as<float>(w);
     int failed = 0;
     for (int rms = 0; rms < 2; rms++) {
         const char* name = rms ? "RMSNorm" : "LayerNorm";
@@ -246,23 +293,23 @@ static int check_norms(uint64_t& seed, int c) {
             }
         }
         // Forward and backward for x: a warp per row, blocks of four warps (fused_cuda::warps).
-        std::vector<float> yf(n * c, NAN), dxf(n * c, NAN);
+        std::vector<T> yt = nans<T>(n * c), dxt = nans<T>(n * c);
         unsigned blocks = (n * 32 + 127) / 128;
-        launch(Dim3{blocks, 1, 1}, 128, [&] { norm_forward_f32(xf.data(), wf.data(), yf.data(), n, c, rms, eps); });
+        launch(Dim3{blocks, 1, 1}, 128, [&] { norm_forward(xt.data(), wf.data(), yt.data(), n, c, rms, eps); });
         launch(Dim3{blocks, 1, 1}, 128, [&] {
-            norm_backward_x_f32(xf.data(), wf.data(), dyf.data(), dxf.data(), n, c, rms, eps);
+            norm_backward_x(xt.data(), wf.data(), dyt.data(), dxt.data(), n, c, rms, eps);
         });
         char what[96];
-        std::snprintf(what, sizeof what, "%s forward (%d rows of %d)", name, n, c);
-        failed += check(what, max_error(yf, y), 1e-5);
-        std::snprintf(what, sizeof what, "%s backward, dx", name);
-        failed += check(what, max_error(dxf, dx), 1e-4);
-        // Backward for the gain: 3 blocks of 4 warps, so that rows stride over blocks and warps,
-        // then the column sums of the partial sums.
+        std::snprintf(what, sizeof what, "%s %s forward (%d rows of %d)", name, type, n, c);
+        failed += check_as(what, yt, y, 1e-5);
+        std::snprintf(what, sizeof what, "%s %s backward, dx", name, type);
+        failed += check_as(what, dxt, dx, 1e-4);
+        // Backward for the gain (f32): 3 blocks of 4 warps, so that rows stride over blocks and
+        // warps, then the column sums of the partial sums.
         std::vector<float> partial(3 * c, NAN), dwf(c, NAN);
-        launch(Dim3{3, 1, 1}, 128, [&] { norm_backward_w_f32(xf.data(), dyf.data(), partial.data(), n, c, rms, eps); });
+        launch(Dim3{3, 1, 1}, 128, [&] { norm_backward_w(xt.data(), dyt.data(), partial.data(), n, c, rms, eps); });
         launch(Dim3{(unsigned)(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), dwf.data(), 3, c); });
-        std::snprintf(what, sizeof what, "%s backward, dw", name);
+        std::snprintf(what, sizeof what, "%s %s backward, dw", name, type);
         failed += check(what, max_error(dwf, dw), 1e-4);
     }
     // The bias gradient: column sums of dy in chunks of rows, then the chunks' sums.
@@ -270,12 +317,13 @@ static int check_norms(uint64_t& seed, int c) {
     for (int r = 0; r < n; r++)
         for (int j = 0; j < c; j++) sums[j] += dy[r * c + j];
     const int chunks = 45;  // more than 32: the threads of sum_columns take several rows each
-    std::vector<float> partial(chunks * c, NAN), out(c, NAN);
-    launch(Dim3{1, chunks, 1}, 256, [&] { column_partial_sums_f32(dyf.data(), partial.data(), n, c); });
-    launch(Dim3{(unsigned)(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns_f32(partial.data(), out.data(), chunks, c); });
+    std::vector<float> partial(chunks * c, NAN);
+    std::vector<T> out = nans<T>(c);
+    launch(Dim3{1, chunks, 1}, 256, [&] { column_partial_sums(dyt.data(), partial.data(), n, c); });
+    launch(Dim3{(unsigned)(c + 31) / 32, 1, 1}, 1024, [&] { sum_columns(partial.data(), out.data(), chunks, c); });
     char what[96];
-    std::snprintf(what, sizeof what, "column sums (bias gradient, rows of %d)", c);
-    failed += check(what, max_error(out, sums), 1e-5);
+    std::snprintf(what, sizeof what, "column sums %s (bias gradient, rows of %d)", type, c);
+    failed += check_as(what, out, sums, 1e-5);
     return failed;
 }
 
@@ -357,15 +405,69 @@ static int check_adamw_moments(uint64_t& seed) {
     return check("AdamW moments ([m; v] of 1,003 numbers)", max_error(mv, want), 1e-6);
 }
 
+// AdamW's update of one weight from its moments, against double.
+static int check_adamw_update(uint64_t& seed) {
+    const long n = 1003;
+    std::vector<float> theta(n), m(n), v(n);
+    for (long i = 0; i < n; i++) {
+        theta[i] = (float)next_uniform(seed);
+        m[i] = (float)next_uniform(seed) * 0.1f;
+        v[i] = m[i] * m[i] * (float)(1.5 + next_uniform(seed));
+    }
+    const float decay = 0.99f, step = 0.01f, bias2_sqrt = 0.3f, eps = 1e-8f;
+    std::vector<double> want(n);
+    for (long i = 0; i < n; i++)
+        want[i] = (double)theta[i] * decay - (double)step * (m[i] / (std::sqrt((double)v[i]) / bias2_sqrt + eps));
+    launch(Dim3{2, 1, 1}, 256, [&] { adamw_update(theta.data(), m.data(), v.data(), n, decay, step, bias2_sqrt, eps); });
+    return check("AdamW update (1,003 numbers)", max_error(theta, want), 1e-6);
+}
+
+// The embedding lookup and its backward (rows of a table by id; gradients added into the rows
+// of repeated ids), with two ids outside the table: NaN rows forward, nothing backward.
+static int check_embedding(uint64_t& seed) {
+    const int rows = 7, c = 10;
+    const long n = 20;
+    std::vector<float> table(rows * c), dy(n * c), out(n * c, 12345.0f), dtable(rows * c, 0.0f);
+    for (auto& x : table) x = (float)next_uniform(seed);
+    for (auto& x : dy) x = (float)next_uniform(seed);
+    std::vector<unsigned> ids(n);
+    for (long i = 0; i < n; i++) ids[i] = (unsigned)(i * 3 % rows);  // every id about three times
+    ids[5] = rows;
+    ids[11] = 0xffffffffu;
+    std::vector<double> want(n * c), dwant(rows * c, 0.0);
+    for (long i = 0; i < n; i++)
+        for (int j = 0; j < c; j++) {
+            bool in = ids[i] < (unsigned)rows;
+            want[i * c + j] = in ? table[ids[i] * c + j] : NAN;
+            if (in) dwant[ids[i] * c + j] += dy[i * c + j];
+        }
+    launch(Dim3{1, 1, 1}, 128, [&] { embedding_forward(table.data(), ids.data(), out.data(), n, c, rows); });
+    launch(Dim3{1, 1, 1}, 128, [&] { embedding_backward(ids.data(), dy.data(), dtable.data(), n, c, rows); });
+    bool nan_ok = true;
+    for (long i : {5L, 11L})
+        for (int j = 0; j < c; j++) {
+            nan_ok = nan_ok && std::isnan(out[i * c + j]);
+            out[i * c + j] = 0.0f;
+            want[i * c + j] = 0.0;
+        }
+    int failed = check("embedding forward (20 ids, 2 outside the table)", max_error(out, want), 1e-12);  // copies: exact
+    failed += check("embedding backward (repeated ids added)", max_error(dtable, dwant), 1e-6);
+    std::printf("embedding rows of ids outside the table: %s\n", nan_ok ? "NaN, ok" : "not NaN, FAILED");
+    return failed + !nan_ok;
+}
+
 static int checks() {
     uint64_t seed = 11;
-    int failed = check_norms(seed, 70) + check_norms(seed, 160);
+    int failed = 0;
+    for (int c : {70, 160}) failed += check_norms<float>(seed, c, "f32") + check_norms<bf16>(seed, c, "bf16");
     failed += check_elementwise<float>(seed, "f32");
     failed += check_elementwise<bf16>(seed, "bf16");
-    failed += check_softmax(seed, 70) + check_softmax(seed, 80);  // a number, or 4 f32, at a time
+    for (int tk : {70, 80})  // a number at a time, or packs of 4 f32 or 8 bf16
+        failed += check_softmax<float>(seed, tk, "f32") + check_softmax<bf16>(seed, tk, "bf16");
     failed += check_cross_entropy(seed);
     failed += check_sum_of_squares(seed);
-    failed += check_adamw_moments(seed);
+    failed += check_adamw_moments(seed) + check_adamw_update(seed);
+    failed += check_embedding(seed);
     return failed;
 }
 
