@@ -288,3 +288,22 @@ fn bad_tokenizer_and_source_flags() {
     let err = Source::parse("hub:v9").err().unwrap().to_string();
     assert!(err.contains("--source hub:v9"), "{err}");
 }
+
+#[test]
+fn a_benchmark_of_empty_batches_is_refused() {
+    use tinygpt::bench::{train_throughput, TrainBenchOptions};
+    let options = |batch_size, block_size| TrainBenchOptions {
+        config: tinygpt::GptConfig::preset("tiny").unwrap(),
+        device: tinygpt::candle_core::Device::Cpu,
+        dtype: tinygpt::candle_core::DType::F32,
+        batch_size,
+        block_size,
+        warmup_steps: 0,
+        steps: 1,
+        peak_flops: Some(1e12),
+    };
+    for (b, t) in [(0, 16), (2, 0)] {
+        let err = train_throughput(&options(b, t)).unwrap_err().to_string();
+        assert!(err.contains("at least 1"), "{b} × {t}: {err}");
+    }
+}

@@ -37,6 +37,20 @@ pub struct TrainBenchOptions {
     pub peak_flops: Option<f64>,
 }
 
+impl TrainBenchOptions {
+    /// Rows and tokens per row of a step: the batch size, and the block size up to the model's
+    /// context. Both must be at least 1.
+    fn shape(&self) -> crate::Result<(usize, usize)> {
+        if self.batch_size == 0 || self.block_size == 0 {
+            return Err(crate::Error::Invalid(format!(
+                "bench: batch size {} × block size {}: both must be at least 1",
+                self.batch_size, self.block_size
+            )));
+        }
+        Ok((self.batch_size, self.block_size.min(self.config.block_size)))
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainBenchReport {
     pub device: String,
@@ -67,7 +81,7 @@ pub fn train_throughput(o: &TrainBenchOptions) -> crate::Result<TrainBenchReport
     use crate::train::{clip_factor, flatten_grads, sum_of_squares, AdamW, AdamWConfig};
 
     let cfg = &o.config;
-    let (b, t) = (o.batch_size, o.block_size.min(cfg.block_size));
+    let (b, t) = o.shape()?;
     let mut model = Gpt::new(cfg, 1337, &o.device)?;
     model.set_compute_dtype(o.dtype);
     let mut rng = crate::rng::Rng::new(7);
@@ -175,13 +189,7 @@ pub fn train_profile(o: &TrainBenchOptions) -> crate::Result<Vec<(String, f64)>>
     use candle_core::{Module, Var};
 
     let cfg = &o.config;
-    let (b, t, c, dev, dt) = (
-        o.batch_size,
-        o.block_size.min(cfg.block_size),
-        cfg.n_embd,
-        &o.device,
-        o.dtype,
-    );
+    let ((b, t), c, dev, dt) = (o.shape()?, cfg.n_embd, &o.device, o.dtype);
     let reps = o.steps.max(1);
     let mut rows = vec![];
     let mut time = |label: &str, f: &mut dyn FnMut() -> crate::Result<()>| -> crate::Result<()> {

@@ -48,6 +48,40 @@ fn bad_source_folder_is_a_clear_error_not_a_panic() {
 }
 
 #[test]
+fn counts_and_peaks_of_zero_are_refused_by_name() {
+    // Each of these once ran: a panic (--block-size 0), NaN losses (--batch-size 0), or a
+    // meaningless figure (0 GFLOP/s, "best of 0", MFU inf%).
+    for (command, flag) in [
+        ("bench train --preset tiny --block-size 0", "--block-size"),
+        ("bench train --preset tiny --batch-size 0", "--batch-size"),
+        ("bench train --preset tiny --peak-tflops 0", "--peak-tflops"),
+        ("bench matmul --size 0", "--size"),
+        ("bench matmul --repeats 0", "--repeats"),
+        ("bench decode --preset tiny --tokens 0", "--tokens"),
+        ("prepare --shard-tokens 0", "--shard-tokens"),
+        (
+            "eval --checkpoint x --data y --batch-size 0",
+            "--batch-size",
+        ),
+        (
+            "train --preset tiny --data y --grad-accum 0",
+            "--grad-accum",
+        ),
+        (
+            "train --preset tiny --data y --peak-tflops=-5",
+            "--peak-tflops",
+        ),
+    ] {
+        let args: Vec<&str> = command.split(' ').collect();
+        let err = failure(&run_tinygpt(&args, &[]));
+        assert!(
+            err.starts_with("error: ") && err.contains(flag) && !err.contains("panicked"),
+            "{command}: {err}"
+        );
+    }
+}
+
+#[test]
 fn hub_path_runs_offline_from_a_populated_cache() {
     let hf_home = hub_cache(&scratch("hf-home"));
     let out_dir = scratch("hub-shards").join("shards");

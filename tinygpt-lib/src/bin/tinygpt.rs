@@ -38,7 +38,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Tokens per shard.
-        #[arg(long, default_value_t = data::shards::DEFAULT_SHARD_TOKENS)]
+        #[arg(long, default_value_t = data::shards::DEFAULT_SHARD_TOKENS, value_parser = at_least_one)]
         shard_tokens: usize,
         /// Tokenize again even if `--out` already holds shards of the same inputs.
         #[arg(long)]
@@ -65,10 +65,10 @@ enum Command {
         #[arg(long, default_value = "runs/train")]
         out: PathBuf,
         /// Rows per micro-batch, per device (default: the preset's).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         batch_size: Option<usize>,
         /// Micro-batches per optimizer step (default: the preset's).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         grad_accum: Option<usize>,
         /// Length of the schedule, in optimizer steps (default: the preset's).
         #[arg(long)]
@@ -96,7 +96,7 @@ enum Command {
         devices: Option<String>,
         /// The peak TFLOP/s of one device, for MFU (default: a measured matmul on the CPU; on a
         /// GPU give it, e.g. 989 for an H100 SXM in bf16, 165 for an RTX 4090).
-        #[arg(long)]
+        #[arg(long, value_parser = above_zero)]
         peak_tflops: Option<f64>,
     },
     /// The whole pipeline on a fresh machine: TinyStories → our BPE (4096) → shards → a CPU-sized
@@ -120,7 +120,7 @@ enum Command {
         /// Shards written by `tinygpt prepare` with the checkpoint's tokenizer.
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = at_least_one)]
         batch_size: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -230,9 +230,9 @@ enum TokenizerCommand {
 enum Bench {
     /// GFLOP/s of an n×n f32 matmul on the CPU, the same code as the notebook's cell.
     Matmul {
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = at_least_one)]
         size: usize,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         repeats: usize,
     },
     /// Tokens/s and MFU of full training steps (forward, backward, clipping, AdamW).
@@ -245,18 +245,18 @@ enum Bench {
         #[arg(long, default_value = "auto")]
         dtype: String,
         /// Rows per step (default: 8 on the CPU, 32 on a GPU).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         batch_size: Option<usize>,
         /// Tokens per row (default: the preset's context).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         block_size: Option<usize>,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup_steps: usize,
         /// The device's peak TFLOP/s for MFU (default on the CPU: a measured 1024³ matmul;
         /// required on a GPU, e.g. 989 for an H100/H200 SXM in bf16).
-        #[arg(long)]
+        #[arg(long, value_parser = above_zero)]
         peak_tflops: Option<f64>,
         /// Print the result as one JSON object on the last line.
         #[arg(long)]
@@ -283,7 +283,7 @@ enum Bench {
         preset: Option<String>,
         #[arg(long)]
         checkpoint: Option<PathBuf>,
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = at_least_one)]
         tokens: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -307,6 +307,23 @@ fn train_preset_help() -> String {
         "A run preset ({}) or a model preset (see `tinygpt summary --help`) trained on the CPU [default: small]",
         lines.join("; ")
     )
+}
+
+/// A count that must be at least 1 (rows, tokens, steps, repeats).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// A number above zero (a device's peak TFLOP/s).
+fn above_zero(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("`{text}` is not a number above zero")),
+    }
 }
 
 /// `90s`, `10m`, `2h` or a number of seconds, in seconds.
