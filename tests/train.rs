@@ -456,3 +456,25 @@ fn the_run_loop_keeps_history_and_best_and_never_saves_a_broken_model() {
     let resumed = Trainer::resume(&out.join("checkpoint"), data.path(), &[Device::Cpu]).unwrap();
     assert_eq!(resumed.steps_done(), 4);
 }
+
+#[test]
+fn run_configs_no_run_can_use_are_refused_by_name() {
+    assert!(tiny_run(10).validate().is_ok());
+    let cases: [(&str, fn(&mut tinygpt::train::TrainConfig)); 9] = [
+        ("batch_size", |c| c.batch_size = 0),
+        ("max_lr", |c| c.max_lr = -1e-3),
+        ("min_lr", |c| c.min_lr = 1.0),
+        ("beta1", |c| c.optimizer.beta1 = 1.5),
+        ("beta2", |c| c.optimizer.beta2 = 1.0),
+        ("eps", |c| c.optimizer.eps = 0.0),
+        ("weight_decay", |c| c.optimizer.weight_decay = -0.1),
+        ("grad_clip", |c| c.grad_clip = 0.0),
+        ("grad_clip", |c| c.grad_clip = f64::INFINITY),
+    ];
+    for (name, spoil) in cases {
+        let mut config = tiny_run(10);
+        spoil(&mut config);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(name), "{name}: {err}");
+    }
+}

@@ -79,6 +79,51 @@ impl TrainConfig {
         }
     }
 
+    /// Refuses numbers no run can use, by name: counts of zero, a learning rate that is not
+    /// positive (or a floor above it), AdamW's betas outside `[0, 1)`, a zero ε (0/0 on the
+    /// first step), negative weight decay, and a clipping norm that is not positive (0 would
+    /// scale every update to nothing). Every number must be finite: checkpoints store them as
+    /// JSON, which has no infinity.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Invalid(format!("run config: {what}")));
+        let o = &self.optimizer;
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad(
+                "--batch-size and --grad-accum (batch_size, grad_accum) must be at least 1".into(),
+            );
+        }
+        if !(self.max_lr > 0.0 && self.max_lr.is_finite()) {
+            return bad(format!("max_lr = {} must be above 0", self.max_lr));
+        }
+        if !(0.0..=self.max_lr).contains(&self.min_lr) {
+            return bad(format!(
+                "min_lr = {} must lie between 0 and max_lr = {}",
+                self.min_lr, self.max_lr
+            ));
+        }
+        for (name, beta) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return bad(format!("optimizer.{name} = {beta} must lie in [0, 1)"));
+            }
+        }
+        if !(o.eps > 0.0 && o.eps.is_finite()) {
+            return bad(format!("optimizer.eps = {} must be above 0", o.eps));
+        }
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            return bad(format!(
+                "optimizer.weight_decay = {} must be 0 or more",
+                o.weight_decay
+            ));
+        }
+        if !(self.grad_clip > 0.0 && self.grad_clip.is_finite()) {
+            return bad(format!(
+                "grad_clip = {} must be a number above 0 (1e9 turns clipping off)",
+                self.grad_clip
+            ));
+        }
+        Ok(())
+    }
+
     /// The learning-rate schedule of the run.
     pub fn schedule(&self) -> CosineSchedule {
         CosineSchedule {
@@ -302,11 +347,7 @@ impl Trainer {
         tokens: u64,
         cursor: Cursor,
     ) -> Result<Self> {
-        if config.batch_size == 0 || config.grad_accum == 0 {
-            return Err(Error::Invalid(
-                "--batch-size and --grad-accum must be at least 1".into(),
-            ));
-        }
+        config.validate()?;
         let tokenizer_path = data_dir.join("tokenizer.json");
         let tokenizer = if tokenizer_path.is_file() {
             Some(Tokenizer::from_file(&tokenizer_path)?)
