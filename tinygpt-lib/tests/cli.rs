@@ -251,6 +251,40 @@ fn model_commands_init_summary_generate_export() {
             && hf.join("tokenizer.json").is_file(),
         "{out}"
     );
+    // A folder that holds files is not written over (it may be a training run's checkpoint)
+    // unless --force says so; a file is not a folder.
+    let weights = std::fs::read(seed.join("model.safetensors")).unwrap();
+    let into_seed = |command: &str, force: bool| {
+        let mut args: Vec<&str> = command.split(' ').collect();
+        args.extend(["--out", seed.to_str().unwrap()]);
+        if force {
+            args.push("--force");
+        }
+        run_tinygpt(&args, &[])
+    };
+    let hf_arg = format!("export --checkpoint {}", hf.display());
+    for command in ["init --preset seed-61m", hf_arg.as_str()] {
+        let err = failure(&into_seed(command, false));
+        assert!(
+            err.contains("already holds files") && err.contains("--force"),
+            "{command}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(seed.join("model.safetensors")).unwrap(),
+        weights
+    );
+    stdout_of(&into_seed("init --preset tiny", true));
+    assert_ne!(
+        std::fs::read(seed.join("model.safetensors")).unwrap(),
+        weights
+    );
+    let file = hf.join("config.json");
+    let err = failure(&run_tinygpt(
+        &["init", "--preset", "tiny", "--out", file.to_str().unwrap()],
+        &[],
+    ));
+    assert!(err.contains("is a file"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -657,6 +691,9 @@ fn train_run_folder_errors_and_configs(dir: &Path, data: &Path, run: &Path, shor
     assert!(err.contains("--devices gpu"), "{err}");
     let err = failure(&train_in(data, &dir.join("x"), &["--time-budget", "10x"]));
     assert!(err.contains("not a duration"), "{err}");
+    let file = run.join("metrics.jsonl");
+    let err = failure(&train_in(data, &file, &[]));
+    assert!(err.contains("is a file, not a folder"), "{err}");
     // The original run as a config file: printed, read back, and refused when malformed.
     let printed = stdout_of(&run_tinygpt(
         &["train", "--preset", "seed-2x4090", "--print-config"],

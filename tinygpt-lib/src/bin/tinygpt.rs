@@ -1,7 +1,7 @@
 //! The `tinygpt` command-line tool. Each subcommand is a thin layer over the library, so that a
 //! notebook cell and the CLI run the same code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -141,8 +141,12 @@ enum Command {
         /// A tokenizer.json to store with the model (its vocabulary must fit the preset's).
         #[arg(long)]
         tokenizer: Option<String>,
+        /// A new or empty folder.
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even if it holds files (a checkpoint there is replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the parameter table of a preset or a checkpoint.
     Summary {
@@ -188,8 +192,12 @@ enum Command {
         checkpoint: PathBuf,
         #[arg(long, default_value = "hf", value_parser = ["hf"])]
         format: String,
+        /// A new or empty folder.
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even if it holds files (a checkpoint there is replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Measurements (results go to docs/BENCHMARKS.md).
     Bench {
@@ -307,6 +315,30 @@ fn train_preset_help() -> String {
         "A run preset ({}) or a model preset (see `tinygpt summary --help`) trained on the CPU [default: small]",
         lines.join("; ")
     )
+}
+
+/// The `--out` of a command that writes a folder of its own (`init`, `export`): refused where
+/// files are already there, unless `--force`, so that a training run's checkpoint is never
+/// overwritten by mistake.
+fn new_folder(out: &Path, force: bool) -> anyhow::Result<()> {
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!(
+            "--out {}: is a file, not a folder; pick another --out",
+            out.display()
+        );
+    }
+    let holds_files = out.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?
+            .next()
+            .is_some();
+    if holds_files && !force {
+        anyhow::bail!(
+            "--out {}: already holds files; pick a new or empty folder, or pass --force to write over them",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// A count that must be at least 1 (rows, tokens, steps, repeats).
@@ -501,7 +533,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             tokenizer,
             out,
+            force,
         } => {
+            new_folder(&out, force)?;
             let config = GptConfig::preset(&preset)?;
             let model = Gpt::new(&config, seed, &Device::Cpu)?;
             let tokenizer = tokenizer.map(|t| Tokenizer::load(&t)).transpose()?;
@@ -546,7 +580,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             checkpoint: path,
             format: _,
             out,
+            force,
         } => {
+            new_folder(&out, force)?;
             let loaded = checkpoint::load(&path, &Device::Cpu)?;
             tinygpt::model::hf::export(&loaded.model, loaded.tokenizer.as_ref(), &out)?;
             let arch = tinygpt::model::hf::HfArch::of(loaded.model.config())?;
@@ -841,6 +877,12 @@ fn train_command(
 ) -> anyhow::Result<()> {
     use std::sync::{atomic::AtomicBool, Arc};
     use tinygpt::train::{Event, Trainer};
+    if options.out.exists() && !options.out.is_dir() {
+        anyhow::bail!(
+            "--out {}: is a file, not a folder; pick another --out",
+            options.out.display()
+        );
+    }
     let ckpt = options.out.join("checkpoint");
     let mut trainer = if resume {
         Trainer::resume(&ckpt, data, devices)?
