@@ -233,7 +233,7 @@ impl DataLoader {
             let tokens: usize = loader.set.shards.iter().map(NpyU16::len).sum();
             return Err(Error::data(dir, format!(
                 "the {} shards hold {tokens} tokens, too few for one batch of {b}×{t} tokens on each of {world} workers; \
-                 use a smaller --batch-size/--block-size or larger shards", split.name()
+                 use a smaller --batch-size, a shorter context (block_size in a --config file) or more stories", split.name()
             )));
         }
         Ok(loader)
