@@ -460,7 +460,7 @@ fn the_run_loop_keeps_history_and_best_and_never_saves_a_broken_model() {
 #[test]
 fn run_configs_no_run_can_use_are_refused_by_name() {
     assert!(tiny_run(10).validate().is_ok());
-    let cases: [(&str, fn(&mut tinygpt::train::TrainConfig)); 9] = [
+    let cases: [(&str, fn(&mut tinygpt::train::TrainConfig)); 10] = [
         ("batch_size", |c| c.batch_size = 0),
         ("max_lr", |c| c.max_lr = -1e-3),
         ("min_lr", |c| c.min_lr = 1.0),
@@ -470,6 +470,7 @@ fn run_configs_no_run_can_use_are_refused_by_name() {
         ("weight_decay", |c| c.optimizer.weight_decay = -0.1),
         ("grad_clip", |c| c.grad_clip = 0.0),
         ("grad_clip", |c| c.grad_clip = f64::INFINITY),
+        ("dtype", |c| c.dtype = "f64".into()),
     ];
     for (name, spoil) in cases {
         let mut config = tiny_run(10);

@@ -82,8 +82,8 @@ impl TrainConfig {
     /// Refuses numbers no run can use, by name: counts of zero, a learning rate that is not
     /// positive (or a floor above it), AdamW's betas outside `[0, 1)`, a zero ε (0/0 on the
     /// first step), negative weight decay, and a clipping norm that is not positive (0 would
-    /// scale every update to nothing). Every number must be finite: checkpoints store them as
-    /// JSON, which has no infinity.
+    /// scale every update to nothing), and a compute dtype it does not know. Every number must be
+    /// finite: checkpoints store them as JSON, which has no infinity.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Invalid(format!("run config: {what}")));
         let o = &self.optimizer;
@@ -113,6 +113,12 @@ impl TrainConfig {
             return bad(format!(
                 "optimizer.weight_decay = {} must be 0 or more",
                 o.weight_decay
+            ));
+        }
+        if !["auto", "f32", "bf16", "f16"].contains(&self.dtype.as_str()) {
+            return bad(format!(
+                "dtype = \"{}\": expected auto, f32, bf16 or f16",
+                self.dtype
             ));
         }
         if !(self.grad_clip > 0.0 && self.grad_clip.is_finite()) {
