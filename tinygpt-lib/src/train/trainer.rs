@@ -79,11 +79,11 @@ impl TrainConfig {
         }
     }
 
-    /// Refuses numbers no run can use, by name: counts of zero, a learning rate that is not
+    /// Refuses, by name, what no run can use: counts of zero, a learning rate that is not
     /// positive (or a floor above it), AdamW's betas outside `[0, 1)`, a zero ε (0/0 on the
-    /// first step), negative weight decay, and a clipping norm that is not positive (0 would
-    /// scale every update to nothing), and a compute dtype it does not know. Every number must be
-    /// finite: checkpoints store them as JSON, which has no infinity.
+    /// first step), negative weight decay, a clipping norm that is not positive (0 would scale
+    /// every update to nothing) and an unknown compute dtype. Every number must be finite:
+    /// checkpoints store them as JSON, which has no infinity.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Invalid(format!("run config: {what}")));
         let o = &self.optimizer;
