@@ -4,18 +4,18 @@
 // packs) and one number at a time (the others), and in f32 and bf16 where the kernel has both.
 // - the norms (LayerNorm and RMSNorm: forward, backward for the input and for the gain): the
 //   forward by its definition, the gradients by central finite differences of Σ dy ⊙ y, on rows of
-//   70 numbers (lanes that take three columns and lanes that take two) and of 160 (40 packs of 4)
-//   over several blocks;
+//   70 numbers (lanes that take three columns and lanes that take two) and of 160 (40 packs of 4
+//   f32, or 20 of 8 bf16) over several blocks;
 // - the column sums of the bias gradient, the sum of squares of the gradient norm, AdamW's
 //   moments and its update of a weight, the embedding lookup and its backward;
 // - GELU, forward and backward, and the bias add, in f32 and bf16;
 // - the masked softmax of the composed attention and its backward, with a causal mask shared by
 //   the batch and a document mask per batch row, on rows of 70 and 80;
-// bf16 results are held to the bound rounding allows (2⁻⁸ of each number).
 // - the cross-entropy, forward and backward, in f32 and bf16, on rows of 5,000 logits and of
 //   4,999 (a thread takes several packs or numbers of a row), among them rows whose maximum keeps
 //   growing or comes first, one that starts with −∞ logits, an ignored target and one out of
 //   range.
+// bf16 results are held to the bound rounding allows (2⁻⁸ of each number).
 // Exits non-zero on a mismatch. Built and run by scripts/cuda-kernels.sh.
 #include <cstdio>
 #include <cstdint>
