@@ -124,6 +124,19 @@ print(f"{'implementation':38} {'tokens/s':>12} {'MFU':>7} {'vs torch(doc)':>14}"
 for label, tps, mfu in rows:
     print(f"{label:38} {tps:12.0f} {100 * mfu:6.1f}% {tps / rows[0][1]:13.2f}x")
 PY
+# What decides the default attention on CUDA (docs/GPU.md): the fused kernels become the default
+# once they pass their test on a GPU and run faster than the composed attention.
+FUSED_TEST="$(grep -E 'fused_cuda_attention_equals_the_cpu_kernel_in_value_and_gradient \.\.\. ' "$OUT/cuda-tests.txt" | awk '{print $NF}')"
+"$PY" - "${FUSED_TEST:-not run}" "$OURS" "$OURS_FUSED" "$RUN_FUSED" <<'PY'
+import json, sys
+test, composed, fused, run = sys.argv[1:5]
+try:
+    speedup = f"{json.loads(fused)['tokens_per_s'] / json.loads(composed)['tokens_per_s']:.2f}x the composed attention's tokens/s"
+except Exception:
+    speedup = "no speed measured"
+print(f"fused attention (tensor cores): test {test}; {speedup}; its training run's loss "
+      + ("fell" if run == "0" else "did NOT fall"))
+PY
 [[ $RUN == 0 ]] || echo "FAILED: the training run's loss did not fall"
 [[ $RUN_FUSED == 0 ]] || echo "FAILED: the training run with the fused attention: its loss did not fall"
 exit $(( TESTS || RUN || RUN_FUSED ))
