@@ -460,7 +460,8 @@ fn the_run_loop_keeps_history_and_best_and_never_saves_a_broken_model() {
 #[test]
 fn run_configs_no_run_can_use_are_refused_by_name() {
     assert!(tiny_run(10).validate().is_ok());
-    let cases: [(&str, fn(&mut tinygpt::train::TrainConfig)); 10] = [
+    type Spoil = fn(&mut tinygpt::train::TrainConfig);
+    let cases: [(&str, Spoil); 10] = [
         ("batch_size", |c| c.batch_size = 0),
         ("max_lr", |c| c.max_lr = -1e-3),
         ("min_lr", |c| c.min_lr = 1.0),
