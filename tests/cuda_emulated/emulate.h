@@ -117,7 +117,7 @@ inline float __logf(float x) { return std::log(x); }
 inline float exp2f(float x) { return (float)std::exp2((double)x); }
 inline float log2f(float x) { return (float)std::log2((double)x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-inline float atomicAdd(float* p, float v) { float old = *p; *p += v; return old; }
+inline float atomicAdd(float* p, float v) { float old = *p; *p += v; return old; }  // one thread runs at a time
 
 inline float __shfl_xor_sync(unsigned, float v, int o) {
     int lane = threadIdx.x & 31;
