@@ -48,6 +48,9 @@ OURS_FUSED="$(tail -1 "$OUT/log.txt")"
 echo "== the same with its warp kernels instead (TINYGPT_CUDA_ATTENTION=fused-warp)"
 run env TINYGPT_CUDA_ATTENTION=fused-warp "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json
 OURS_WARP="$(tail -1 "$OUT/log.txt")"
+echo "== the same with CUDA's and cudarc's allocation defaults (TINYGPT_CUDA_DEFAULTS=1: events per buffer, pool emptied at each sync)"
+run env TINYGPT_CUDA_DEFAULTS=1 "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json
+OURS_DEFAULTS="$(tail -1 "$OUT/log.txt")"
 echo "== PyTorch reference, same model and batch"
 run "$PY" scripts/torch_reference.py --preset seed-61m --batch-size 32 --steps 20 --mask document --peak-tflops "$PEAK"
 TORCH_DOC="$(tail -1 "$OUT/log.txt")"
@@ -70,7 +73,9 @@ import json, sys
 r = [json.loads(l) for l in open(sys.argv[1])]
 first, last = r[0]["loss"], r[-1]["loss"]
 val = [x["val_loss"] for x in r if "val_loss" in x]
-print(f"train loss {first:.3f} -> {last:.3f}; val loss {val}; {r[-1]['tokens_per_s']:.0f} tok/s, MFU {100 * r[-1].get('mfu', 0):.1f}%")
+peak = max((x.get("gpu_peak_memory") or 0 for x in r), default=0) / 2**30
+print(f"train loss {first:.3f} -> {last:.3f}; val loss {val}; {r[-1]['tokens_per_s']:.0f} tok/s, MFU {100 * r[-1].get('mfu', 0):.1f}%, "
+      f"GPU memory peak {peak:.2f} GiB")
 sys.exit(0 if last < first - 2.0 else 1)
 PY
 }
@@ -109,20 +114,22 @@ PY
 fi
 
 echo "== summary ($NAME)"
-"$PY" - "$TORCH_DOC" "$OURS" "$OURS_FUSED" "$OURS_WARP" "$TORCH_CAUSAL" <<'PY'
+"$PY" - "$TORCH_DOC" "$OURS" "$OURS_FUSED" "$OURS_WARP" "$OURS_DEFAULTS" "$TORCH_CAUSAL" <<'PY'
 import json, sys
 rows = []
 labels = ["pytorch bf16 sdpa (document mask)", "tinygpt bf16 (document mask)", "tinygpt bf16, fused attention (mma)",
-          "tinygpt bf16, fused attention (warps)", "pytorch bf16 sdpa (causal only)"]
+          "tinygpt bf16, fused attention (warps)", "tinygpt bf16, CUDA alloc defaults", "pytorch bf16 sdpa (causal only)"]
 for label, line in zip(labels, sys.argv[1:]):
     try:
         r = json.loads(line)
-        rows.append((label, r["tokens_per_s"], r["mfu"]))
+        # peak memory of tensors: tinygpt reports bytes, the PyTorch reference GiB
+        gib = r["peak_memory"] / 2**30 if r.get("peak_memory") else r.get("peak_mem_gib", float("nan"))
+        rows.append((label, r["tokens_per_s"], r["mfu"], gib))
     except Exception:
-        rows.append((label, float("nan"), float("nan")))
-print(f"{'implementation':38} {'tokens/s':>12} {'MFU':>7} {'vs torch(doc)':>14}")
-for label, tps, mfu in rows:
-    print(f"{label:38} {tps:12.0f} {100 * mfu:6.1f}% {tps / rows[0][1]:13.2f}x")
+        rows.append((label, float("nan"), float("nan"), float("nan")))
+print(f"{'implementation':38} {'tokens/s':>12} {'MFU':>7} {'vs torch(doc)':>14} {'peak GiB':>9}")
+for label, tps, mfu, gib in rows:
+    print(f"{label:38} {tps:12.0f} {100 * mfu:6.1f}% {tps / rows[0][1]:13.2f}x {gib:9.1f}")
 PY
 # What decides the default attention on CUDA (docs/GPU.md): the fused kernels become the default
 # once they pass their test on a GPU and run faster than the composed attention.

@@ -502,3 +502,42 @@ fn a_gpu_opened_by_parse_device_computes_f32_products_in_tf32() {
         "TF32 products off by more than the input rounding"
     );
 }
+
+#[test]
+fn a_gpu_opened_by_parse_device_keeps_freed_memory_and_counts_its_peak() {
+    use tinygpt::device::{allow_tf32, gpu_memory, parse_device, reset_gpu_memory_peak};
+    const MIB: u64 = 1 << 20;
+    let dev = parse_device("cuda:0").unwrap();
+    allow_tf32(false); // the other tests compare f32 products exactly
+    dev.synchronize().unwrap();
+    reset_gpu_memory_peak(&dev).unwrap();
+    let before = gpu_memory(&dev).unwrap().expect("a GPU has a memory pool");
+    let big = Tensor::zeros((64, MIB as usize), DType::F32, &dev).unwrap(); // 256 MiB
+    dev.synchronize().unwrap();
+    let held = gpu_memory(&dev).unwrap().unwrap();
+    assert!(
+        held.in_use >= before.in_use + 256 * MIB && held.in_use <= before.in_use + 260 * MIB,
+        "{} MiB in use with 256 MiB more held (before: {} MiB)",
+        held.in_use / MIB,
+        before.in_use / MIB
+    );
+    assert!(held.peak >= held.in_use, "peak {} MiB", held.peak / MIB);
+    drop(big);
+    // With CUDA's default release threshold this synchronisation would hand the freed 256 MiB
+    // back to the driver; parse_device's pool keeps them for the next allocation.
+    dev.synchronize().unwrap();
+    let after = gpu_memory(&dev).unwrap().unwrap();
+    assert!(
+        after.in_use < before.in_use + MIB,
+        "the tensor's memory is free again"
+    );
+    assert!(
+        after.reserved >= after.in_use + 256 * MIB,
+        "the pool kept only {} MiB",
+        after.reserved / MIB
+    );
+    assert!(after.peak >= held.in_use, "the peak is remembered");
+    reset_gpu_memory_peak(&dev).unwrap();
+    assert!(gpu_memory(&dev).unwrap().unwrap().peak < after.peak);
+    assert_eq!(gpu_memory(&Device::Cpu).unwrap(), None);
+}

@@ -71,6 +71,9 @@ pub struct TrainBenchReport {
     pub mfu: f64,
     pub first_loss: f32,
     pub last_loss: f32,
+    /// On a GPU, the most memory that tensors held at once during the benchmark, in bytes (the
+    /// number to compare with PyTorch's `torch.cuda.max_memory_allocated`); `None` on the CPU.
+    pub peak_memory: Option<u64>,
 }
 
 /// Times full training steps — forward, backward, gradient-norm clipping, AdamW — on synthetic
@@ -82,6 +85,7 @@ pub fn train_throughput(o: &TrainBenchOptions) -> crate::Result<TrainBenchReport
 
     let cfg = &o.config;
     let (b, t) = o.shape()?;
+    crate::device::reset_gpu_memory_peak(&o.device)?;
     let mut model = Gpt::new(cfg, 1337, &o.device)?;
     model.set_compute_dtype(o.dtype);
     let mut rng = crate::rng::Rng::new(7);
@@ -156,6 +160,7 @@ pub fn train_throughput(o: &TrainBenchOptions) -> crate::Result<TrainBenchReport
         mfu: tokens_per_s * flops_per_token / peak_flops,
         first_loss: losses[0],
         last_loss: *losses.last().unwrap(),
+        peak_memory: crate::device::gpu_memory(&o.device)?.map(|m| m.peak),
     })
 }
 

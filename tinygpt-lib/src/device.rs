@@ -31,6 +31,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
     let device = Device::new_cuda(index)
         .map_err(|e| Error::Invalid(format!("--device {spec}: cannot open the GPU ({e})")))?;
+    prepare_gpu(&device)
+        .map_err(|e| Error::Invalid(format!("--device {spec}: cannot set the GPU up ({e})")))?;
     allow_tf32(std::env::var("TINYGPT_TF32").as_deref() != Ok("0"));
     Ok(device)
 }
@@ -43,6 +45,133 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 /// CPU ignores it.
 pub fn allow_tf32(on: bool) {
     candle_core::cuda::set_gemm_reduced_precision_f32(on);
+}
+
+/// Sets up how a GPU opened by candle hands out memory; [`parse_device`] calls it. Two things
+/// that cost time at every allocation or every step, and buy nothing with one stream per GPU:
+///
+/// - **No events per buffer.** cudarc creates two CUDA events with every buffer (and destroys
+///   them with it) so that it can order work across several streams. candle runs all of a GPU's
+///   work on one stream, where cudarc never waits on them: a training step allocates over a thousand
+///   buffers, each with two needless driver calls to create and two to destroy.
+/// - **Freed memory stays in the pool.** Buffers come from the device's memory pool
+///   (`cuMemAllocAsync`). By default the pool hands every unused byte back to the driver at each
+///   synchronisation — once a step, when the loss is read — and the next step maps the same
+///   gigabytes again. Keeping them (a release threshold of "never") is what PyTorch's caching
+///   allocator does too.
+///
+/// `TINYGPT_CUDA_DEFAULTS=1` leaves both as CUDA and cudarc set them, to measure the difference.
+/// Does nothing on the CPU.
+pub fn prepare_gpu(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(gpu) = device {
+        if std::env::var("TINYGPT_CUDA_DEFAULTS").as_deref() == Ok("1") {
+            return Ok(());
+        }
+        // SAFETY: cudarc uses the events only to order work between streams, and every
+        // buffer of this device is used on its one stream.
+        unsafe { gpu.disable_event_tracking() };
+        gpu_pool::set(device, gpu_pool::RELEASE_THRESHOLD, u64::MAX)?;
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// What a GPU's memory pool holds, in bytes (tensors only: cuBLAS's and NCCL's own buffers and
+/// the CUDA context are not in it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuMemory {
+    /// What tensors hold now (PyTorch's `memory_allocated`).
+    pub in_use: u64,
+    /// The most that tensors held at once since the device was opened or
+    /// [`reset_gpu_memory_peak`] was last called (PyTorch's `max_memory_allocated`).
+    pub peak: u64,
+    /// What the pool holds from the driver now, in use or kept for reuse (PyTorch's
+    /// `memory_reserved`).
+    pub reserved: u64,
+}
+
+/// The GPU's memory pool (see [`GpuMemory`]); `None` on the CPU.
+pub fn gpu_memory(device: &Device) -> Result<Option<GpuMemory>> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        return Ok(Some(GpuMemory {
+            in_use: gpu_pool::get(device, gpu_pool::USED_MEM_CURRENT)?,
+            peak: gpu_pool::get(device, gpu_pool::USED_MEM_HIGH)?,
+            reserved: gpu_pool::get(device, gpu_pool::RESERVED_MEM_CURRENT)?,
+        }));
+    }
+    let _ = device;
+    Ok(None)
+}
+
+/// Forgets [`GpuMemory::peak`] so far: it counts again from the next allocation on (CUDA can
+/// only reset it to zero).
+pub fn reset_gpu_memory_peak(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        gpu_pool::set(device, gpu_pool::USED_MEM_HIGH, 0)?;
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// The attributes of a GPU's current memory pool, from which `cuMemAllocAsync` takes candle's
+/// buffers (all of them `u64`).
+#[cfg(feature = "cuda")]
+mod gpu_pool {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    use candle_core::Device;
+
+    use crate::{Error, Result};
+
+    pub use sys::CUmemPool_attribute::{
+        CU_MEMPOOL_ATTR_RELEASE_THRESHOLD as RELEASE_THRESHOLD,
+        CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT as RESERVED_MEM_CURRENT,
+        CU_MEMPOOL_ATTR_USED_MEM_CURRENT as USED_MEM_CURRENT,
+        CU_MEMPOOL_ATTR_USED_MEM_HIGH as USED_MEM_HIGH,
+    };
+
+    fn pool(device: &Device) -> Result<sys::CUmemoryPool> {
+        let Device::Cuda(gpu) = device else {
+            return Err(Error::Invalid("a memory pool needs a CUDA device".into()));
+        };
+        let context = gpu.cuda_stream().context().clone();
+        context.bind_to_thread().map_err(driver_error)?;
+        // SAFETY: the device handle comes from the live context that candle opened.
+        unsafe { result::device::get_mem_pool(context.cu_device()) }.map_err(driver_error)
+    }
+
+    pub fn get(device: &Device, attribute: sys::CUmemPool_attribute) -> Result<u64> {
+        let mut value = 0u64;
+        // SAFETY: a valid pool, and the attributes used here are all 64-bit numbers.
+        unsafe {
+            result::mem_pool::get_attribute(
+                pool(device)?,
+                attribute,
+                &mut value as *mut u64 as *mut _,
+            )
+        }
+        .map_err(driver_error)?;
+        Ok(value)
+    }
+
+    pub fn set(device: &Device, attribute: sys::CUmemPool_attribute, value: u64) -> Result<()> {
+        let mut value = value;
+        // SAFETY: as in `get`.
+        unsafe {
+            result::mem_pool::set_attribute(
+                pool(device)?,
+                attribute,
+                &mut value as *mut u64 as *mut _,
+            )
+        }
+        .map_err(driver_error)
+    }
+
+    fn driver_error(e: result::DriverError) -> Error {
+        Error::Invalid(format!("the GPU's memory pool: {e}"))
+    }
 }
 
 /// Parses `--devices`: a comma-separated list of `cpu`, `cuda` or `cuda:N`, where a bare number

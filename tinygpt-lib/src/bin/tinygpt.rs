@@ -633,6 +633,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "train {preset} on {} ({}, matmul: {}): batch {} x {}, {} params: {:.1} ms/step, {:.0} tokens/s, MFU {:.1}% of {:.1} TFLOP/s (loss {:.3} -> {:.3})",
                 r.device, r.dtype, r.matmul, r.batch_size, r.block_size, r.params, r.step_ms, r.tokens_per_s, 100.0 * r.mfu, r.peak_flops / 1e12, r.first_loss, r.last_loss
             );
+            if let Some(bytes) = r.peak_memory {
+                println!(
+                    "peak GPU memory of tensors: {:.2} GiB",
+                    bytes as f64 / (1u64 << 30) as f64
+                );
+            }
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             }
@@ -933,9 +939,17 @@ fn train_command(
     let summary = tinygpt::train::run(&mut trainer, &options, |event| match event {
         Event::Step(r) => {
             if let (Some(v), Some(bpb)) = (r.val_loss, r.val_bits_per_byte) {
+                let memory = r.gpu_peak_memory.map(|bytes| {
+                    format!(
+                        ", GPU memory peak {:.2} GiB",
+                        bytes as f64 / (1u64 << 30) as f64
+                    )
+                });
                 say(format!(
-                    "step {}: train loss {:.3}, val loss {v:.3}, {bpb:.3} bits/byte",
-                    r.step, r.loss
+                    "step {}: train loss {:.3}, val loss {v:.3}, {bpb:.3} bits/byte{}",
+                    r.step,
+                    r.loss,
+                    memory.unwrap_or_default()
                 ));
             }
             bar.set_position(r.step);

@@ -93,6 +93,10 @@ pub struct Record {
     pub val_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_bits_per_byte: Option<f64>,
+    /// On a GPU, with each evaluation: the most memory that the first GPU's tensors held at once
+    /// since this call of [`run`] started, in bytes ([`crate::device::gpu_memory`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gpu_peak_memory: Option<u64>,
 }
 
 fn f32_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
@@ -148,6 +152,7 @@ pub fn run(
         .map_err(|e| Error::io(&metrics_path, e))?;
     let stop_file = out.join("STOP");
     let flops_per_token = trainer.flops_per_token();
+    crate::device::reset_gpu_memory_peak(trainer.model().device())?;
     let max_steps = trainer.config().max_steps;
     let mut best = read_best(out);
     let start = Instant::now();
@@ -172,6 +177,7 @@ pub fn run(
             skipped: m.skipped,
             val_loss: None,
             val_bits_per_byte: None,
+            gpu_peak_memory: None,
         };
         if m.skipped {
             skipped_in_a_row += 1;
@@ -220,6 +226,8 @@ pub fn run(
             let (val_loss, bpb) = trainer.evaluate()?;
             record.val_loss = Some(val_loss);
             record.val_bits_per_byte = Some(bpb);
+            record.gpu_peak_memory =
+                crate::device::gpu_memory(trainer.model().device())?.map(|m| m.peak);
             if val_loss.is_finite() {
                 save_checkpoints(trainer, options, val_loss, &mut best)?;
                 last_checkpoint = Instant::now();
