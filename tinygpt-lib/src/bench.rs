@@ -117,13 +117,16 @@ pub fn train_throughput(o: &TrainBenchOptions) -> crate::Result<TrainBenchReport
     let data = batch.to_tensors(&o.device)?;
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut losses = vec![];
-    // As the trainer does: the gradients laid end to end, their norm, AdamW on them.
+    // As the trainer does: the gradients laid end to end, their norm and the loss read in one
+    // trip to the host (the step's only wait for the device), AdamW on them.
     let step = |opt: &mut AdamW| -> crate::Result<f32> {
-        let loss = model.loss(&data)?;
+        let loss = model.loss(&data)?.to_dtype(candle_core::DType::F32)?;
         let grads = flatten_grads(model.params(), &loss.backward()?)?;
-        let norm = (sum_of_squares(&grads)?.to_scalar::<f32>()? as f64).sqrt();
+        let stats: Vec<f32> =
+            Tensor::cat(&[sum_of_squares(&grads)?.reshape(1)?, loss.reshape(1)?], 0)?.to_vec1()?;
+        let norm = (stats[0] as f64).sqrt();
         opt.step_flat(model.params(), &grads, 1e-3, clip_factor(norm, 1.0))?;
-        Ok(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?)
+        Ok(stats[1])
     };
     for _ in 0..o.warmup_steps {
         losses.push(step(&mut opt)?);
