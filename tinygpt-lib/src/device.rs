@@ -179,13 +179,26 @@ mod gpu_pool {
 /// per entry; `cpu,cpu` gives two CPU workers (they share the cores: for testing the data-parallel
 /// path, not for speed).
 pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
+    let items: Vec<String> = spec
+        .split(',')
+        .map(str::trim)
+        .map(|item| match item.parse::<usize>() {
+            Ok(n) => format!("cuda:{n}"),
+            Err(_) if item == "cuda" => "cuda:0".to_string(),
+            Err(_) => item.to_string(),
+        })
+        .collect();
+    // Each GPU worker needs a GPU of its own (NCCL refuses to put two ranks on one device).
+    for (i, item) in items.iter().enumerate() {
+        if item.starts_with("cuda:") && items[..i].contains(item) {
+            return Err(Error::Invalid(format!(
+                "--devices {spec}: {item} is listed twice; each GPU worker needs a GPU of its own \
+                 (for two workers on one machine's GPUs: --devices cuda:0,1)"
+            )));
+        }
+    }
     let mut devices = vec![];
-    for item in spec.split(',').map(str::trim) {
-        let item = if item.parse::<usize>().is_ok() {
-            format!("cuda:{item}")
-        } else {
-            item.to_string()
-        };
+    for item in items {
         devices.push(
             parse_device(&item).map_err(|e| Error::Invalid(format!("--devices {spec}: {e}")))?,
         );

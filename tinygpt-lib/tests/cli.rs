@@ -689,6 +689,13 @@ fn train_run_folder_errors_and_configs(dir: &Path, data: &Path, run: &Path, shor
     );
     let err = failure(&train_in(data, &dir.join("x"), &["--devices", "gpu"]));
     assert!(err.contains("--devices gpu"), "{err}");
+    for twice in ["cuda:0,0", "cuda,cuda:0", "cuda:1,cuda:0,1"] {
+        let err = failure(&train_in(data, &dir.join("x"), &["--devices", twice]));
+        assert!(
+            err.contains(&format!("--devices {twice}")) && err.contains("listed twice"),
+            "{err}"
+        );
+    }
     let err = failure(&train_in(data, &dir.join("x"), &["--time-budget", "10x"]));
     assert!(err.contains("not a duration"), "{err}");
     let file = run.join("metrics.jsonl");
