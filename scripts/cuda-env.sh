@@ -4,7 +4,7 @@
 # lent machines' driver rejects newer PTX); link-only stubs stand in for the driver libraries
 # a CPU-only machine lacks. Everything lives in ./.cuda (git-ignored).
 #
-#   scripts/cuda-env.sh setup                  # once: wheels + stubs (~300 MB)
+#   scripts/cuda-env.sh setup                  # once: wheels + stubs (~400 MB)
 #   scripts/cuda-env.sh cargo build --release --features cuda,nccl
 #
 # The binary it builds links libcuda/libcublas/libnccl dynamically: run it where the real
@@ -15,8 +15,10 @@ CUDA_DIR="${TINYGPT_CUDA_DIR:-$ROOT/.cuda}"
 VENV="$CUDA_DIR/venv"
 STUBS="$CUDA_DIR/stubs"
 CUDARC_VERSION="$(awk '/^name = "cudarc"/{getline; gsub(/[^0-9.]/,""); print}' "$ROOT/Cargo.lock")"
+# nvcc and ptxas build candle's kernels; NVRTC (the run-time compiler, which compiles tinygpt's
+# own kernels on the GPU) lets scripts/cuda-kernels.sh compile them exactly as a GPU run does.
 WHEELS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
-        nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.96)
+        nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88)
 
 cu13() { "$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))'; }
 
