@@ -52,8 +52,8 @@ pub fn allow_tf32(on: bool) {
 ///
 /// - **No events per buffer.** cudarc creates two CUDA events with every buffer (and destroys
 ///   them with it) so that it can order work across several streams. candle runs all of a GPU's
-///   work on one stream, where cudarc never waits on them: a training step allocates over a thousand
-///   buffers, each with two needless driver calls to create and two to destroy.
+///   work on one stream, where cudarc never waits on them: a training step allocates over a
+///   thousand buffers, each with two needless driver calls to create and two to destroy.
 /// - **Freed memory stays in the pool.** Buffers come from the device's memory pool
 ///   (`cuMemAllocAsync`). By default the pool hands every unused byte back to the driver at each
 ///   synchronisation — once a step, when the loss is read — and the next step maps the same
@@ -182,10 +182,14 @@ pub fn parse_devices(spec: &str) -> Result<Vec<Device>> {
     let items: Vec<String> = spec
         .split(',')
         .map(str::trim)
-        .map(|item| match item.parse::<usize>() {
-            Ok(n) => format!("cuda:{n}"),
-            Err(_) if item == "cuda" => "cuda:0".to_string(),
-            Err(_) => item.to_string(),
+        .map(|item| {
+            // The same GPU is spelled the same way: `1`, `cuda:1`, `cuda:01`; `cuda` is `cuda:0`.
+            let number = item.strip_prefix("cuda:").unwrap_or(item);
+            match number.parse::<usize>() {
+                Ok(n) => format!("cuda:{n}"),
+                Err(_) if item == "cuda" => "cuda:0".to_string(),
+                Err(_) => item.to_string(),
+            }
         })
         .collect();
     // Each GPU worker needs a GPU of its own (NCCL refuses to put two ranks on one device).

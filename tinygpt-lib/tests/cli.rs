@@ -689,7 +689,7 @@ fn train_run_folder_errors_and_configs(dir: &Path, data: &Path, run: &Path, shor
     );
     let err = failure(&train_in(data, &dir.join("x"), &["--devices", "gpu"]));
     assert!(err.contains("--devices gpu"), "{err}");
-    for twice in ["cuda:0,0", "cuda,cuda:0", "cuda:1,cuda:0,1"] {
+    for twice in ["cuda:0,0", "cuda,cuda:0", "cuda:1,cuda:0,01"] {
         let err = failure(&train_in(data, &dir.join("x"), &["--devices", twice]));
         assert!(
             err.contains(&format!("--devices {twice}")) && err.contains("listed twice"),
