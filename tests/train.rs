@@ -227,6 +227,49 @@ fn tiny_run(max_steps: u64) -> tinygpt::train::TrainConfig {
 }
 
 #[test]
+fn evaluation_is_the_mean_loss_over_every_validation_target() {
+    use tinygpt::data::loader::ValLoader;
+    let data = small_shards();
+    let dev = Device::Cpu;
+    let model = tinygpt::Gpt::new(&tinygpt::GptConfig::gpt2(2, 2, 32, 64, 300), 3, &dev).unwrap();
+    // The reference: each batch's mean loss (the training loss), weighted by its targets.
+    let (mut nats, mut count, mut batches) = (0f64, 0f64, 0);
+    for batch in ValLoader::open(data.path(), 4, 64, 0, 1, None).unwrap() {
+        let loss = model.loss(&batch.to_tensors(&dev).unwrap()).unwrap();
+        let n = batch.n_targets() as f64;
+        nats += loss.to_scalar::<f32>().unwrap() as f64 * n;
+        count += n;
+        batches += 1;
+        if batches == 1 {
+            let (first, _) =
+                tinygpt::train::evaluate(&model, data.path(), 4, None, Some(1)).unwrap();
+            assert!(
+                (first - nats / count).abs() < 1e-5 * first,
+                "the first batch alone: {first} vs {}",
+                nats / count
+            );
+        }
+    }
+    assert!(
+        batches > 2,
+        "the sample's validation split fills {batches} batches"
+    );
+    let (loss, bpb) = tinygpt::train::evaluate(&model, data.path(), 4, None, None).unwrap();
+    assert!(
+        (loss - nats / count).abs() < 1e-5 * loss,
+        "evaluate {loss} vs Σ batch loss · targets / Σ targets {}",
+        nats / count
+    );
+    let manifest = tinygpt::data::Manifest::load(data.path()).unwrap();
+    let bytes = manifest.splits[&tinygpt::data::Split::Val].text_bytes as f64;
+    let expected_bpb = nats / std::f64::consts::LN_2 / bytes;
+    assert!(
+        (bpb - expected_bpb).abs() < 1e-5 * bpb,
+        "{bpb} vs {expected_bpb}"
+    );
+}
+
+#[test]
 fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run_bit_for_bit() {
     use tinygpt::train::Trainer;
     let data = small_shards();

@@ -637,14 +637,27 @@ pub fn evaluate(
         1,
         tokenizer,
     )?;
-    let (mut nats, mut count) = (0f64, 0f64);
+    // [summed loss, counted targets] in f64, kept on the device until the end: reading them
+    // after every batch would make the host wait for a GPU each time. Detached, or the total
+    // would keep every batch's computation graph alive.
+    let mut totals: Option<Tensor> = None;
     for batch in val.take(max_batches.unwrap_or(usize::MAX)) {
         let data = batch.to_tensors(model.device())?;
         let logits = model.forward(&data.x, &data.doc, &data.pos)?;
         let (sum, n) = cross_entropy_sum(&logits, &data.y)?;
-        nats += sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        count += n.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let both = Tensor::stack(&[sum.to_dtype(DType::F64)?, n.to_dtype(DType::F64)?], 0)?;
+        totals = Some(match totals {
+            None => both.detach(),
+            Some(t) => (t + both)?.detach(),
+        });
     }
+    let (nats, count) = match totals {
+        Some(t) => {
+            let v = t.to_vec1::<f64>()?;
+            (v[0], v[1])
+        }
+        None => (0.0, 0.0),
+    };
     let split = manifest.splits.get(&Split::Val);
     let (all_bytes, all_tokens) =
         split.map_or((0.0, 1.0), |s| (s.text_bytes as f64, s.tokens as f64));
