@@ -634,10 +634,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r.device, r.dtype, r.matmul, r.batch_size, r.block_size, r.params, r.step_ms, r.tokens_per_s, 100.0 * r.mfu, r.peak_flops / 1e12, r.first_loss, r.last_loss
             );
             if let Some(bytes) = r.peak_memory {
-                println!(
-                    "peak GPU memory of tensors: {:.2} GiB",
-                    bytes as f64 / (1u64 << 30) as f64
-                );
+                println!("peak GPU memory of tensors: {:.2} GiB", gib(bytes));
             }
             if json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -874,6 +871,11 @@ fn peak_flops(peak_tflops: Option<f64>, devices: &[Device]) -> anyhow::Result<Op
 }
 
 /// `tinygpt train`: [`tinygpt::train::run`] with a progress bar, a Ctrl-C handler and a summary.
+/// Bytes in GiB (2³⁰ bytes), for printing memory.
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
 fn train_command(
     config: tinygpt::train::TrainConfig,
     data: &std::path::Path,
@@ -939,12 +941,9 @@ fn train_command(
     let summary = tinygpt::train::run(&mut trainer, &options, |event| match event {
         Event::Step(r) => {
             if let (Some(v), Some(bpb)) = (r.val_loss, r.val_bits_per_byte) {
-                let memory = r.gpu_peak_memory.map(|bytes| {
-                    format!(
-                        ", GPU memory peak {:.2} GiB",
-                        bytes as f64 / (1u64 << 30) as f64
-                    )
-                });
+                let memory = r
+                    .gpu_peak_memory
+                    .map(|bytes| format!(", GPU memory peak {:.2} GiB", gib(bytes)));
                 say(format!(
                     "step {}: train loss {:.3}, val loss {v:.3}, {bpb:.3} bits/byte{}",
                     r.step,
