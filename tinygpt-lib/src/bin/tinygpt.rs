@@ -870,12 +870,12 @@ fn peak_flops(peak_tflops: Option<f64>, devices: &[Device]) -> anyhow::Result<Op
     })
 }
 
-/// `tinygpt train`: [`tinygpt::train::run`] with a progress bar, a Ctrl-C handler and a summary.
 /// Bytes in GiB (2³⁰ bytes), for printing memory.
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
+/// `tinygpt train`: [`tinygpt::train::run`] with a progress bar, a Ctrl-C handler and a summary.
 fn train_command(
     config: tinygpt::train::TrainConfig,
     data: &std::path::Path,
