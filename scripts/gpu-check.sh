@@ -39,17 +39,19 @@ TESTS=$?
 tail -8 "$OUT/cuda-tests.txt"
 
 run() { echo "\$ $*"; timeout 240 "$@" 2>&1 | tee -a "$OUT/log.txt" | tail -3; }
+# The training-step benchmark, the same every time; only the environment differs.
+BENCH=(bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json)
 echo "== tinygpt: seed-61m training step throughput"
-run "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json
+run "$BIN" "${BENCH[@]}"
 OURS="$(tail -1 "$OUT/log.txt")"
 echo "== the same with the fused CUDA attention on tensor cores (opt-in until checked here: TINYGPT_CUDA_ATTENTION=fused)"
-run env TINYGPT_CUDA_ATTENTION=fused "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json
+run env TINYGPT_CUDA_ATTENTION=fused "$BIN" "${BENCH[@]}"
 OURS_FUSED="$(tail -1 "$OUT/log.txt")"
 echo "== the same with its warp kernels instead (TINYGPT_CUDA_ATTENTION=fused-warp)"
-run env TINYGPT_CUDA_ATTENTION=fused-warp "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json
+run env TINYGPT_CUDA_ATTENTION=fused-warp "$BIN" "${BENCH[@]}"
 OURS_WARP="$(tail -1 "$OUT/log.txt")"
 echo "== the same with CUDA's and cudarc's allocation defaults (TINYGPT_CUDA_DEFAULTS=1: events per buffer, pool emptied at each sync)"
-run env TINYGPT_CUDA_DEFAULTS=1 "$BIN" bench train --preset seed-61m --device cuda:0 --dtype bf16 --batch-size 32 --steps 20 --warmup-steps 3 --peak-tflops "$PEAK" --json
+run env TINYGPT_CUDA_DEFAULTS=1 "$BIN" "${BENCH[@]}"
 OURS_DEFAULTS="$(tail -1 "$OUT/log.txt")"
 echo "== PyTorch reference, same model and batch"
 run "$PY" scripts/torch_reference.py --preset seed-61m --batch-size 32 --steps 20 --mask document --peak-tflops "$PEAK"
