@@ -15,3 +15,8 @@ cd "$(dirname "$0")/.."
 [[ -x "${TINYGPT_CUDA_DIR:-.cuda}/venv/bin/python" ]] || scripts/cuda-env.sh setup
 scripts/cuda-env.sh cargo build --features cuda,nccl -p tinygpt --all-targets
 scripts/cuda-env.sh cargo test --no-run --features nccl -p tinygpt-tests --test cuda
+# The same Rust code against cudarc's CUDA 12.4 bindings (CUDARC_CUDA_VERSION overrides the
+# version cudarc reads from nvcc), as a build with a CUDA 12 toolkit compiles it for drivers
+# older than 580 (docs/GPU.md, "Which CUDA"): only cudarc, candle and tinygpt are compiled again
+# (~75 s). candle's kernels are still compiled by CUDA 13.0's nvcc here: PyPI has no CUDA 12 nvcc.
+CUDARC_CUDA_VERSION=12040 scripts/cuda-env.sh cargo build --features cuda,nccl -p tinygpt

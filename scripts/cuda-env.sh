@@ -17,8 +17,12 @@ STUBS="$CUDA_DIR/stubs"
 CUDARC_VERSION="$(awk '/^name = "cudarc"/{getline; gsub(/[^0-9.]/,""); print}' "$ROOT/Cargo.lock")"
 # nvcc and ptxas build candle's kernels; NVRTC (the run-time compiler, which compiles tinygpt's
 # own kernels on the GPU) lets scripts/cuda-kernels.sh compile them exactly as a GPU run does.
+# CUDA 12.4's NVRTC and ptxas (the oldest CUDA docs/GPU.md supports, for drivers older than 580)
+# let it compile them as a CUDA 12 build would too; PyPI has no CUDA 12 nvcc, so a CUDA 12 build
+# itself needs a toolkit of its own (docs/GPU.md, "Which CUDA").
 WHEELS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
-        nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88)
+        nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88
+        nvidia-cuda-nvrtc-cu12==12.4.127 nvidia-cuda-nvcc-cu12==12.4.131)
 
 cu13() { "$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))'; }
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Compiles tinygpt's own CUDA kernels (tinygpt-lib/src/model/fused.cu) as a GPU run does at first
-# use, on any machine, without a GPU: CUDA 13.0's NVRTC to PTX (scripts/nvrtc_ptx.py), for compute
-# capability 8.0 (GPUs with bf16 tensor cores) and for NVRTC's default target (older GPUs), then
-# ptxas to machine code for the H100/H200 (sm_90), the RTX 4090 (sm_89) and that default target,
-# which also checks the tensor-core instructions' PTX.
+# use, on any machine, without a GPU: NVRTC to PTX (scripts/nvrtc_ptx.py), for compute capability
+# 8.0 (GPUs with bf16 tensor cores) and for NVRTC's default target (older GPUs), then ptxas to
+# machine code for the H100/H200 (sm_90), the RTX 4090 (sm_89) and that default target, which also
+# checks the tensor-core instructions' PTX. Twice: with CUDA 13.0, which the default build uses,
+# and with CUDA 12.4, the oldest CUDA a build may use (docs/GPU.md, "Which CUDA").
 # Then every kernel name that model/fused_cuda.rs launches must be an entry of the PTX, and every
 # kernel of the PTX (the attention's warp and tensor-core kernels, the document scan, the norms,
 # the softmax, GELU, the bias, the column sums, the cross-entropy, the sum of squares, AdamW and
@@ -16,21 +17,36 @@
 # half of the GPU path can rot unseen. The compiler comes from scripts/cuda-env.sh (PyPI wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-nvrtc() { scripts/cuda-env.sh bash -c 'ls "$CUDA_HOME"/lib/libnvrtc.so.13 2>/dev/null' || true; }
-[[ -x "${TINYGPT_CUDA_DIR:-.cuda}/venv/bin/python" && -n "$(nvrtc)" ]] || scripts/cuda-env.sh setup
-NVRTC="$(nvrtc)"
+PYTHON="${TINYGPT_CUDA_DIR:-.cuda}/venv/bin/python"
+# The folder of a CUDA component from the PyPI wheels: `cu13` (all of CUDA 13), `cuda_nvrtc` and
+# `cuda_nvcc` (CUDA 12's, one folder each).
+wheel_dir() { "$PYTHON" -c 'import nvidia, os, sys; print(os.path.join(list(nvidia.__path__)[0], sys.argv[1]))' "$1" 2>/dev/null || true; }
+ready() { [[ -x "$PYTHON" && -e "$(wheel_dir cu13)/lib/libnvrtc.so.13" && -e "$(wheel_dir cuda_nvrtc)/lib/libnvrtc.so.12" ]]; }
+ready || scripts/cuda-env.sh setup
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 SRC=tinygpt-lib/src/model/fused.cu
-# (libnvrtc loads its built-in headers, libnvrtc-builtins, from the library path)
-LD_LIBRARY_PATH="$(dirname "$NVRTC")" python3 scripts/nvrtc_ptx.py "$NVRTC" "$SRC" "$OUT/fused.ptx" compute_80
-LD_LIBRARY_PATH="$(dirname "$NVRTC")" python3 scripts/nvrtc_ptx.py "$NVRTC" "$SRC" "$OUT/fused_default.ptx"
-for sm in 89 90; do
-  scripts/cuda-env.sh ptxas -arch="sm_$sm" -o "$OUT/fused_sm$sm.cubin" "$OUT/fused.ptx"
-done
-default_sm="$(awk '/^\.target/{print $2; exit}' "$OUT/fused_default.ptx")"
-scripts/cuda-env.sh ptxas -arch="$default_sm" -o "$OUT/fused_default.cubin" "$OUT/fused_default.ptx"
-entries="$(grep -oE '\.entry [A-Za-z0-9_]+' "$OUT/fused.ptx" | awk '{print $2}' | sort -u)"
+
+# compile NAME LIBNVRTC PTXAS: fused.cu → $OUT/NAME.ptx (compute_80) and $OUT/NAME_default.ptx
+# (NVRTC's default target), then machine code; prints what it compiled.
+compile() {
+  local name="$1" nvrtc="$2" ptxas="$3" sm default_sm version
+  # (libnvrtc loads its built-in headers, libnvrtc-builtins, from the library path)
+  LD_LIBRARY_PATH="$(dirname "$nvrtc")" python3 scripts/nvrtc_ptx.py "$nvrtc" "$SRC" "$OUT/$name.ptx" compute_80
+  LD_LIBRARY_PATH="$(dirname "$nvrtc")" python3 scripts/nvrtc_ptx.py "$nvrtc" "$SRC" "$OUT/${name}_default.ptx"
+  for sm in 89 90; do
+    "$ptxas" -arch="sm_$sm" -o "$OUT/${name}_sm$sm.cubin" "$OUT/$name.ptx"
+  done
+  default_sm="$(awk '/^\.target/{print $2; exit}' "$OUT/${name}_default.ptx")"
+  "$ptxas" -arch="$default_sm" -o "$OUT/${name}_default.cubin" "$OUT/${name}_default.ptx"
+  version="$(python3 -c 'import ctypes,sys; l=ctypes.CDLL(sys.argv[1]); a,b=ctypes.c_int(),ctypes.c_int(); l.nvrtcVersion(ctypes.byref(a),ctypes.byref(b)); print(f"{a.value}.{b.value}")' "$nvrtc")"
+  echo "fused.cu: NVRTC $version: $(grep -c '\.entry' "$OUT/$name.ptx") kernels compiled (compute_80 PTX) for sm_89 and sm_90, $(grep -c '\.entry' "$OUT/${name}_default.ptx") without the tensor-core ones for $default_sm"
+}
+compile cuda13 "$(wheel_dir cu13)/lib/libnvrtc.so.13" "$(wheel_dir cu13)/bin/ptxas"
+compile cuda12 "$(wheel_dir cuda_nvrtc)/lib/libnvrtc.so.12" "$(wheel_dir cuda_nvcc)/bin/ptxas"
+entries="$(grep -oE '\.entry [A-Za-z0-9_]+' "$OUT/cuda13.ptx" | awk '{print $2}' | sort -u)"
+[[ "$entries" == "$(grep -oE '\.entry [A-Za-z0-9_]+' "$OUT/cuda12.ptx" | awk '{print $2}' | sort -u)" ]] ||
+  { echo "error: NVRTC 12 and 13 compiled different kernels from $SRC" >&2; exit 1; }
 missing=0
 # The names fused_cuda.rs passes to its launchers: whole, or with `_f32` and `_bf16` appended.
 for name in $(grep -oE '"[a-z][a-z0-9_]*"' tinygpt-lib/src/model/fused_cuda.rs | tr -d '"' | sort -u); do
@@ -50,7 +66,7 @@ for name in $entries; do
   missing=1
 done
 [[ $missing == 0 ]] || exit 1
-echo "fused.cu: NVRTC $(python3 -c 'import ctypes,sys; l=ctypes.CDLL(sys.argv[1]); a,b=ctypes.c_int(),ctypes.c_int(); l.nvrtcVersion(ctypes.byref(a),ctypes.byref(b)); print(f"{a.value}.{b.value}")' "$NVRTC"): $(wc -l <<<"$entries") kernels compiled (compute_80 PTX) for sm_89 and sm_90, $(grep -c '\.entry' "$OUT/fused_default.ptx") without the tensor-core ones for $default_sm; every kernel fused_cuda.rs names is there, and tests/cuda_emulated runs each"
+echo "fused.cu: every kernel fused_cuda.rs names is there, and tests/cuda_emulated runs each of the $(wc -l <<<"$entries")"
 command -v g++ >/dev/null || { echo "error: g++ (C++20) is needed for tests/cuda_emulated: install it (apt-get install g++)" >&2; exit 1; }
 for test in attention rows; do
   g++ -std=c++20 -O2 -pthread -x c++ "tests/cuda_emulated/$test.cpp" -o "$OUT/$test"

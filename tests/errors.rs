@@ -307,3 +307,31 @@ fn a_benchmark_of_empty_batches_is_refused() {
         assert!(err.contains("at least 1"), "{b} × {t}: {err}");
     }
 }
+
+#[test]
+fn a_driver_too_old_for_the_kernels_is_named_with_the_fix() {
+    use tinygpt::device::kernel_failure_advice;
+    // What cudarc reports when the driver rejects PTX from a newer CUDA.
+    let ptx = "DriverError(CUDA_ERROR_UNSUPPORTED_PTX_VERSION, \"the provided PTX was compiled \
+               with an unsupported toolchain.\")";
+    // CUDA numbers its versions 1000 · major + 10 · minor.
+    let advice = kernel_failure_advice(ptx, Some(12040));
+    assert!(
+        advice.contains("supports CUDA 12.4,")
+            && advice.contains("no newer than 12.4")
+            && advice.contains("580")
+            && advice.contains("docs/GPU.md"),
+        "{advice}"
+    );
+    assert!(kernel_failure_advice(ptx, Some(12090)).contains("CUDA 12.9,"));
+    // CUDA's libraries newer than the driver (cudaErrorInsufficientDriver's words).
+    let libraries = "CUDA driver version is insufficient for CUDA runtime version";
+    assert!(kernel_failure_advice(libraries, Some(12080)).contains("no newer than 12.8"));
+    // Another failure: the driver's version only, as a clue.
+    assert_eq!(
+        kernel_failure_advice("CUDA_ERROR_OUT_OF_MEMORY", Some(13000)),
+        " (the driver supports CUDA 13.0)"
+    );
+    // No driver to ask: nothing to add.
+    assert_eq!(kernel_failure_advice(ptx, None), "");
+}

@@ -1,6 +1,6 @@
 //! Choosing where tensors live: `--device cpu`, `cuda` or `cuda:N`.
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
 use crate::{Error, Result};
 
@@ -29,12 +29,65 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             "--device {spec}: this binary was built without CUDA; build it with `scripts/cuda-env.sh cargo build --release --features cuda`"
         )));
     }
-    let device = Device::new_cuda(index)
-        .map_err(|e| Error::Invalid(format!("--device {spec}: cannot open the GPU ({e})")))?;
+    let device = Device::new_cuda(index).map_err(|e| {
+        Error::Invalid(format!(
+            "--device {spec}: cannot open the GPU ({e}){}",
+            kernel_failure_advice(&e.to_string(), driver_cuda_version())
+        ))
+    })?;
     prepare_gpu(&device)
         .map_err(|e| Error::Invalid(format!("--device {spec}: cannot set the GPU up ({e})")))?;
     allow_tf32(std::env::var("TINYGPT_TF32").as_deref() != Ok("0"));
+    // candle loads its kernels at their first use: a driver too old for them would otherwise
+    // fail there, deep inside a model, with a bare CUDA error.
+    Tensor::new(&[1f32, 2.0], &device)
+        .and_then(|x| x.affine(2.0, 1.0)?.to_vec1::<f32>())
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "--device {spec}: the GPU cannot run candle's kernels ({e}){}",
+                kernel_failure_advice(&e.to_string(), driver_cuda_version())
+            ))
+        })?;
     Ok(device)
+}
+
+/// The CUDA version that the GPU's driver supports, as CUDA numbers it (12040 is 12.4); `None`
+/// without a GPU.
+pub fn driver_cuda_version() -> Option<i32> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let mut version = 0;
+        // SAFETY: writes one int (the driver answers before CUDA is initialised, too).
+        let result = unsafe { sys::cuDriverGetVersion(&mut version) };
+        if result == sys::CUresult::CUDA_SUCCESS {
+            return Some(version);
+        }
+    }
+    None
+}
+
+/// What to do when a GPU fails to open, or to load or run a kernel. Kernels are compiled to PTX,
+/// a virtual instruction set that the driver compiles to machine code; a driver older than the
+/// CUDA that wrote the PTX rejects it (`CUDA_ERROR_UNSUPPORTED_PTX_VERSION`), and CUDA's
+/// libraries refuse a driver older than themselves ("insufficient driver"). `scripts/cuda-env.sh`
+/// builds with CUDA 13.0, which needs driver 580 or later; older drivers need a build with an
+/// older CUDA toolkit. `driver`: [`driver_cuda_version`].
+pub fn kernel_failure_advice(error: &str, driver: Option<i32>) -> String {
+    let Some(driver) = driver else {
+        return String::new();
+    };
+    let version = format!("{}.{}", driver / 1000, driver % 1000 / 10);
+    let too_old = error.contains("PTX") || error.to_lowercase().contains("insufficient");
+    if too_old {
+        format!(
+            ". The driver supports CUDA {version}, older than the CUDA this binary was \
+             built with: update the driver (CUDA 13 needs 580 or later), or build tinygpt with a \
+             CUDA toolkit no newer than {version} (docs/GPU.md, \"Which CUDA\")"
+        )
+    } else {
+        format!(" (the driver supports CUDA {version})")
+    }
 }
 
 /// Lets the GPU's f32 matrix products use TF32 tensor cores: inputs rounded to 10 bits of

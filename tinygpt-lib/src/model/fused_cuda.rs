@@ -41,9 +41,16 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     let ptx = ptx
         .as_ref()
         .map_err(|e| candle_core::Error::Msg(format!("compiling fused.cu with NVRTC: {e}")))?;
-    Ok(dev
-        .get_or_load_custom_func(name, "tinygpt_fused", ptx)?
-        .into_cuda_function())
+    let loaded = dev
+        .get_or_load_custom_func(name, "tinygpt_fused", ptx)
+        .map_err(|e| {
+            let advice = crate::device::kernel_failure_advice(
+                &e.to_string(),
+                crate::device::driver_cuda_version(),
+            );
+            candle_core::Error::Msg(format!("loading fused.cu's {name}: {e}{advice}"))
+        })?;
+    Ok(loaded.into_cuda_function())
 }
 
 /// Whether the GPU has bf16 tensor cores that `mma.sync` reaches: compute capability ≥ 8.0.
