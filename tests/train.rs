@@ -523,3 +523,43 @@ fn run_configs_no_run_can_use_are_refused_by_name() {
         assert!(err.contains(name), "{name}: {err}");
     }
 }
+
+#[test]
+fn a_gpu_out_of_memory_names_a_smaller_micro_batch_with_the_same_rows_per_step() {
+    use tinygpt::train::with_memory_advice;
+    // What candle reports when cudarc cannot allocate a buffer.
+    let oom = || {
+        tinygpt::Error::Candle(tinygpt::candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ))
+    };
+    let mut config = tiny_run(10); // micro-batches of 4 rows × 64 tokens, 2 per step
+    let advice = with_memory_advice(oom(), &config).to_string();
+    assert!(
+        advice.contains("CUDA_ERROR_OUT_OF_MEMORY")
+            && advice.contains("4 rows × 64 tokens")
+            && advice.contains("--batch-size 2 --grad-accum 4")
+            && advice.contains("same 8 rows per step"),
+        "{advice}"
+    );
+    // The smallest factor keeps the rows per step whole: 9 = 3 · 3, and a prime goes to 1 row.
+    config.batch_size = 9;
+    let advice = with_memory_advice(oom(), &config).to_string();
+    assert!(advice.contains("--batch-size 3 --grad-accum 6"), "{advice}");
+    config.batch_size = 7;
+    let advice = with_memory_advice(oom(), &config).to_string();
+    assert!(
+        advice.contains("--batch-size 1 --grad-accum 14"),
+        "{advice}"
+    );
+    config.batch_size = 1;
+    let advice = with_memory_advice(oom(), &config).to_string();
+    assert!(advice.contains("one row is the smallest"), "{advice}");
+    // cuBLAS's words for the same; any other error passes through as it was.
+    let cublas = tinygpt::Error::Invalid("CublasError(CUBLAS_STATUS_ALLOC_FAILED)".into());
+    assert!(with_memory_advice(cublas, &config)
+        .to_string()
+        .contains("ran out of memory"));
+    let other = with_memory_advice(tinygpt::Error::Invalid("no such file".into()), &config);
+    assert_eq!(other.to_string(), "no such file");
+}

@@ -81,9 +81,11 @@ pub fn kernel_failure_advice(error: &str, driver: Option<i32>) -> String {
     let too_old = error.contains("PTX") || error.to_lowercase().contains("insufficient");
     if too_old {
         format!(
-            ". The driver supports CUDA {version}, older than the CUDA this binary was \
-             built with: update the driver (CUDA 13 needs 580 or later), or build tinygpt with a \
-             CUDA toolkit no newer than {version} (docs/GPU.md, \"Which CUDA\")"
+            ". The driver supports CUDA {version}, older than the CUDA that compiled the \
+             kernels (the build's nvcc; for tinygpt's own, the NVRTC library it loaded): update \
+             the driver (CUDA 13 needs 580 or later), or build tinygpt with a CUDA toolkit no \
+             newer than {version} and run it with that toolkit's libraries (docs/GPU.md, \
+             \"Which CUDA\")"
         )
     } else {
         format!(" (the driver supports CUDA {version})")

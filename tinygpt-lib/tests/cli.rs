@@ -667,6 +667,27 @@ fn train_run_folder_errors_and_configs(dir: &Path, data: &Path, run: &Path, shor
         err.contains("--resume") && err.contains("already holds a run"),
         "{err}"
     );
+    // --resume continues a run as it was started: a setting the command line chooses that
+    // differs from the run's is refused by name, not ignored; a preset chooses them all.
+    let err = failure(&train_in(data, run, &["--max-steps", "8", "--resume"]));
+    assert!(
+        err.contains("max_steps 8 (the run's: 4)") && !err.contains("batch_size"),
+        "{err}"
+    );
+    let (data_arg, run_arg) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let without_preset = ["train", "--data", data_arg, "--out", run_arg, "--resume"];
+    let err = failure(&run_tinygpt(
+        &[&without_preset[..], &["--grad-accum", "3"]].concat(),
+        &[],
+    ));
+    assert!(err.contains("grad_accum 3 (the run's: 1)"), "{err}");
+    let err = failure(&run_tinygpt(
+        &[&without_preset[..], &["--preset", "small"]].concat(),
+        &[],
+    ));
+    assert!(err.contains("model.n_layer 6 (the run's: 4)"), "{err}");
+    // Without a preset, flags it does not give are the run's own: nothing to refuse.
+    assert!(stdout_of(&run_tinygpt(&without_preset, &[])).contains("nothing to do"));
     // --resume where there is nothing to resume; a corrupt checkpoint.
     let err = failure(&train_in(data, &dir.join("empty"), &["--resume"]));
     assert!(err.contains("nothing to resume"), "{err}");

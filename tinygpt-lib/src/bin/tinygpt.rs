@@ -526,6 +526,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 peak_flops: peak_flops(peak_tflops, &devices)?,
                 ..tinygpt::train::RunOptions::new(&out)
             };
+            // With --resume the run continues as it was started: what this command line chose
+            // must agree with it (a preset or a config file chooses everything).
+            let resume = resume.then(|| {
+                if preset.is_some() || config.is_some() {
+                    Chosen::All
+                } else {
+                    let flags = [
+                        ("batch_size", batch_size.is_some()),
+                        ("grad_accum", grad_accum.is_some()),
+                        ("max_steps", max_steps.is_some()),
+                        ("warmup_steps", max_steps.is_some()),
+                        ("seed", seed.is_some()),
+                    ];
+                    Chosen::Fields(flags.iter().filter(|f| f.1).map(|f| f.0).collect())
+                }
+            });
             train_command(run_file.train, &data, &options, resume, &devices)?;
         }
         Command::Init {
@@ -788,7 +804,7 @@ fn quickstart(
         peak_flops: peak_flops(None, &[Device::Cpu])?,
         ..tinygpt::train::RunOptions::new(&run)
     };
-    train_command(config, &data, &options, false, &[Device::Cpu])?;
+    train_command(config, &data, &options, None, &[Device::Cpu])?;
     // The loss curves, from metrics.jsonl.
     let (mut train_curve, mut val_curve) = (vec![], vec![]);
     for line in std::fs::read_to_string(run.join("metrics.jsonl"))?.lines() {
@@ -875,12 +891,81 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
+/// Which settings of a run a `train` command line chose: all of them (a preset or a config
+/// file), or those of these `TrainConfig` fields (flags such as `--batch-size`).
+enum Chosen {
+    All,
+    Fields(Vec<&'static str>),
+}
+
+/// `--resume` continues the run in `out` as it was started, whatever the command line says; a
+/// setting it chose that differs from the run's is refused by name rather than ignored.
+fn check_resume_settings(
+    chosen: &Chosen,
+    given: &tinygpt::train::TrainConfig,
+    run: &tinygpt::train::TrainConfig,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let mut differences = vec![];
+    differing_fields(
+        "",
+        &serde_json::to_value(given)?,
+        &serde_json::to_value(run)?,
+        &mut differences,
+    );
+    if let Chosen::Fields(fields) = chosen {
+        differences.retain(|(path, _, _)| fields.iter().any(|f| path.split('.').next() == Some(f)));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = differences
+        .iter()
+        .map(|(path, given, run)| format!("{path} {given} (the run's: {run})"))
+        .collect();
+    anyhow::bail!(
+        "--resume: the run in {} continues as it was started, but this command asks for {}. Leave \
+         those settings out (or give the run's) to resume it, or train in a new --out",
+        out.display(),
+        list.join(", ")
+    )
+}
+
+/// The leaves where two JSON values differ, as (`a.b` path, value in `a`, value in `b`).
+fn differing_fields(
+    path: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    out: &mut Vec<(String, String, String)>,
+) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (key, value) in a {
+                let path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                differing_fields(
+                    &path,
+                    value,
+                    b.get(key).unwrap_or(&serde_json::Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push((path.to_string(), a.to_string(), b.to_string())),
+        _ => {}
+    }
+}
+
 /// `tinygpt train`: [`tinygpt::train::run`] with a progress bar, a Ctrl-C handler and a summary.
+/// `resume`: continue the run in `options.out`, given what the command line chose.
 fn train_command(
     config: tinygpt::train::TrainConfig,
     data: &std::path::Path,
     options: &tinygpt::train::RunOptions,
-    resume: bool,
+    resume: Option<Chosen>,
     devices: &[Device],
 ) -> anyhow::Result<()> {
     use std::sync::{atomic::AtomicBool, Arc};
@@ -892,8 +977,10 @@ fn train_command(
         );
     }
     let ckpt = options.out.join("checkpoint");
-    let mut trainer = if resume {
-        Trainer::resume(&ckpt, data, devices)?
+    let mut trainer = if let Some(chosen) = resume {
+        let trainer = Trainer::resume(&ckpt, data, devices)?;
+        check_resume_settings(&chosen, &config, trainer.config(), &options.out)?;
+        trainer
     } else {
         if ckpt.exists() {
             anyhow::bail!(

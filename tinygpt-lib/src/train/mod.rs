@@ -19,4 +19,4 @@ pub use presets::{train_preset, TRAIN_PRESETS};
 pub use run::{read_metrics, run, Event, Record, RunOptions, RunSummary, StopReason};
 pub use schedule::CosineSchedule;
 pub use sum_squares::sum_of_squares;
-pub use trainer::{evaluate, StepMetrics, TrainConfig, Trainer};
+pub use trainer::{evaluate, with_memory_advice, StepMetrics, TrainConfig, Trainer};

@@ -526,7 +526,7 @@ impl Trainer {
         let lr = self.config.schedule().lr(self.step);
         let (accum, clip) = (self.config.grad_accum, self.config.grad_clip);
         let results = if let [only] = &mut self.replicas[..] {
-            vec![only.step(accum, lr, clip)?]
+            vec![only.step(accum, lr, clip)]
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = self
@@ -534,9 +534,13 @@ impl Trainer {
                     .iter_mut()
                     .map(|r| s.spawn(move || r.step(accum, lr, clip)))
                     .collect();
-                handles.into_iter().map(join).collect::<Result<Vec<_>>>()
-            })?
+                handles.into_iter().map(join).collect::<Vec<_>>()
+            })
         };
+        let results = results
+            .into_iter()
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| with_memory_advice(e, &self.config))?;
         let r = &results[0];
         if !r.skipped {
             self.step += 1;
@@ -603,6 +607,38 @@ impl Trainer {
 }
 
 /// A worker thread's result; a panic in a worker becomes an error.
+/// A GPU that runs out of memory says so in CUDA's words (`CUDA_ERROR_OUT_OF_MEMORY`, or
+/// cuBLAS's `ALLOC_FAILED`); this adds what to change. The activations kept for the backward pass
+/// grow with the micro-batch: `f` times fewer rows and `f` times more accumulation (`f`, the
+/// smallest factor of `batch_size`) train on the same rows per step, so the same training, in
+/// about `1/f` of that memory.
+pub fn with_memory_advice(e: Error, config: &TrainConfig) -> Error {
+    let text = e.to_string();
+    if !(text.contains("OUT_OF_MEMORY") || text.contains("ALLOC_FAILED")) {
+        return e;
+    }
+    let (b, t, accum) = (
+        config.batch_size,
+        config.model.block_size,
+        config.grad_accum,
+    );
+    let fix = match (2..=b).find(|f| b % f == 0) {
+        Some(f) => format!(
+            "train with --batch-size {} --grad-accum {} (the same {} rows per step, so the same \
+             training, with about {f}× less memory for activations)",
+            b / f,
+            accum * f,
+            b * accum
+        ),
+        None => "a micro-batch of one row is the smallest: train a smaller model or a shorter \
+                 context (n_layer, n_embd or block_size in a --config file)"
+            .to_string(),
+    };
+    Error::Invalid(format!(
+        "{text}. The GPU ran out of memory with micro-batches of {b} rows × {t} tokens: {fix}"
+    ))
+}
+
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
     handle
         .join()
