@@ -606,7 +606,6 @@ impl Trainer {
     }
 }
 
-/// A worker thread's result; a panic in a worker becomes an error.
 /// A GPU that runs out of memory says so in CUDA's words (`CUDA_ERROR_OUT_OF_MEMORY`, or
 /// cuBLAS's `ALLOC_FAILED`); this adds what to change. The activations kept for the backward pass
 /// grow with the micro-batch: `f` times fewer rows and `f` times more accumulation (`f`, the
@@ -639,6 +638,7 @@ pub fn with_memory_advice(e: Error, config: &TrainConfig) -> Error {
     ))
 }
 
+/// A worker thread's result; a panic in a worker becomes an error.
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
     handle
         .join()
