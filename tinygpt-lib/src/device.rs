@@ -32,7 +32,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     let device = Device::new_cuda(index).map_err(|e| {
         Error::Invalid(format!(
             "--device {spec}: cannot open the GPU ({e}){}",
-            kernel_failure_advice(&e.to_string(), driver_cuda_version())
+            gpu_failure_advice(&e)
         ))
     })?;
     prepare_gpu(&device)
@@ -45,7 +45,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         .map_err(|e| {
             Error::Invalid(format!(
                 "--device {spec}: the GPU cannot run candle's kernels ({e}){}",
-                kernel_failure_advice(&e.to_string(), driver_cuda_version())
+                gpu_failure_advice(&e)
             ))
         })?;
     Ok(device)
@@ -65,6 +65,11 @@ pub fn driver_cuda_version() -> Option<i32> {
         }
     }
     None
+}
+
+/// [`kernel_failure_advice`] for this error and the driver of this machine.
+pub(crate) fn gpu_failure_advice(error: &impl std::fmt::Display) -> String {
+    kernel_failure_advice(&error.to_string(), driver_cuda_version())
 }
 
 /// What to do when a GPU fails to open, or to load or run a kernel. Kernels are compiled to PTX,

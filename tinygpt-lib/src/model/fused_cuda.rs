@@ -44,10 +44,7 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     let loaded = dev
         .get_or_load_custom_func(name, "tinygpt_fused", ptx)
         .map_err(|e| {
-            let advice = crate::device::kernel_failure_advice(
-                &e.to_string(),
-                crate::device::driver_cuda_version(),
-            );
+            let advice = crate::device::gpu_failure_advice(&e);
             candle_core::Error::Msg(format!("loading fused.cu's {name}: {e}{advice}"))
         })?;
     Ok(loaded.into_cuda_function())
